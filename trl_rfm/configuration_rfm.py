@@ -1,0 +1,82 @@
+"""Configuration of the Reward Feature Model."""
+
+from typing import ClassVar
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+
+FEATURE_NORMALIZATIONS = ("rms", "none")
+POPULATION_WEIGHTS = ("learned", "mean")
+
+
+class RewardFeatureConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`RewardFeatureModel`]: a causal-LM trunk, a linear feature head producing `num_features`
+    reward features `phi(x, y)`, and a table of per-user weights `w_u` (plus population weights `w_pop`).
+
+    The reward of user `u` is `r_u(x, y) = phi(x, y) · w_u`.
+
+    Args:
+        text_config (`dict` or [`~transformers.PreTrainedConfig`], *optional*):
+            Configuration of the causal-LM trunk (any `AutoModel`-loadable decoder, e.g. Llama, Qwen2, GPT-2).
+        num_features (`int`, *optional*, defaults to 32):
+            Number `d` of reward features.
+        num_users (`int`, *optional*, defaults to 0):
+            Number of rows of the user-weight table. The ids of the users are *not* stored in the config (they are
+            personal data); they live beside the weights, see [`RewardFeatureModel.user_ids`].
+        feature_normalization (`str`, *optional*, defaults to `"rms"`):
+            How the scale ambiguity between features and user weights is fixed. `"rms"` rescales every feature vector
+            to unit root-mean-square (`||phi|| = sqrt(d)`), so all the reward scale lives in the user weights and an
+            isotropic Gaussian prior on `w_u` means the same thing for every model. `"none"` leaves the features
+            unnormalised (needed for `num_features=1`, where normalising would keep only the sign).
+        population_weights (`str`, *optional*, defaults to `"learned"`):
+            How the weights used for unknown users are formed. `"learned"`: a separate vector trained on every
+            comparison as if one rater had made them all (the best single reward on the learned features). `"mean"`:
+            the mean of the user rows.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialisation of the feature head.
+    """
+
+    model_type = "reward_feature_model"
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+    # Outputs that `Trainer.evaluate` must not gather as predictions.
+    keys_to_ignore_at_inference: ClassVar[list[str]] = [
+        "reward_features",
+        "user_weights_penalty",
+        "hidden_states",
+        "past_key_values",
+    ]
+
+    text_config: dict | PreTrainedConfig | None = None
+    num_features: int = 32
+    num_users: int = 0
+    feature_normalization: str = "rms"
+    population_weights: str = "learned"
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        # A reward model outputs one scalar per sequence; TRL's RewardTrainer checks for it.
+        kwargs["num_labels"] = 1
+        super().__post_init__(**kwargs)
+        if self.feature_normalization not in FEATURE_NORMALIZATIONS:
+            raise ValueError(
+                f"`feature_normalization` must be one of {FEATURE_NORMALIZATIONS}, got {self.feature_normalization!r}."
+            )
+        if self.population_weights not in POPULATION_WEIGHTS:
+            raise ValueError(
+                f"`population_weights` must be one of {POPULATION_WEIGHTS}, got {self.population_weights!r}."
+            )
+        if self.num_features < 1:
+            raise ValueError(f"`num_features` must be >= 1, got {self.num_features}.")
+        if self.num_features == 1 and self.feature_normalization == "rms":
+            raise ValueError(
+                "`num_features=1` with `feature_normalization='rms'` would reduce every feature to its sign; use "
+                "`feature_normalization='none'` for a single feature (a plain Bradley-Terry reward model)."
+            )
+        if self.num_users < 0:
+            raise ValueError(f"`num_users` must be >= 0, got {self.num_users}.")
+
+    @property
+    def hidden_size(self) -> int:
+        return self.text_config.hidden_size

@@ -1,0 +1,351 @@
+"""
+The Reward Feature Model (Barreto et al., 2025, "Capturing Individual Human Preferences with Reward Features").
+
+    tokens ──► backbone (causal-LM trunk, optionally LoRA) ──► h_last [B, H]   hidden state of the last real token
+    h_last ──► feature_head Linear(H, d), RMS-normalised  ──► phi    [B, d]   reward features
+    phi    ──► user_weights W[u]                          ──► r_u = phi · W[u]   [B]
+
+Every user shares `phi`; a user is a `d`-vector. Scoring U users on the same responses costs one backbone pass
+(`phi @ W.T`), and a new user is fitted by logistic regression on cached feature differences.
+"""
+
+import warnings
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedConfig, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_rfm import RewardFeatureConfig
+from .user_weights import UserWeights
+
+
+POPULATION_INDEX = -1  # row of the user table (as returned by `UserWeights.forward`) holding the population weights
+
+
+def normalize_user_id(user_id: Hashable) -> str:
+    """Users are keyed by the string form of their id, so ids survive JSON and safetensors metadata unchanged."""
+    if user_id is None or (isinstance(user_id, float) and user_id != user_id):
+        raise ValueError(f"User id must not be None or NaN, got {user_id!r}.")
+    if isinstance(user_id, (list, tuple, dict, set)):
+        raise ValueError(f"User id must be a scalar (str or int), got {type(user_id).__name__} {user_id!r}.")
+    user_id = str(user_id)
+    if not user_id.strip():
+        raise ValueError("User id must not be an empty string.")
+    return user_id
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of the last attended token of each row, for right or left padding alike. [B, T] -> [B]"""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(dim=-1)
+
+
+@dataclass
+class RewardFeatureModelOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.Tensor`, *optional*): not computed by the model; the trainer computes the Bradley-Terry loss.
+        logits (`torch.Tensor` of shape `(batch_size, 1)`): reward of each row's user (population when unknown).
+        population_logits (`torch.Tensor` of shape `(batch_size, 1)`): reward under the population weights.
+        reward_features (`torch.Tensor` of shape `(batch_size, num_features)`): the features `phi(x, y)`.
+        user_weights_penalty (`torch.Tensor`, scalar): mean over users of `||w_u - w_pop||^2` (the Gaussian prior
+            on the user weights, up to its coefficient).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    population_logits: torch.Tensor | None = None
+    reward_features: torch.Tensor | None = None
+    user_weights_penalty: torch.Tensor | None = None
+
+
+class RewardFeatureModel(PreTrainedModel):
+    r"""
+    A causal-LM trunk with a reward-feature head and per-user weights; a drop-in reward model for TRL.
+
+    `forward(input_ids, attention_mask, user_index=None | user_ids=None)` returns `logits [B, 1]`, the reward of each
+    row's user; with no users given, the population reward. [`reward_features`] returns `phi [B, d]` and
+    [`rewards_for_users`] scores many users in one backbone pass.
+
+    The ids of the users (`user_ids`) are kept beside the weight table, not in the config, since they identify people.
+    """
+
+    config_class = RewardFeatureConfig
+    base_model_prefix = "backbone"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def __init__(self, config: RewardFeatureConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        self.backbone = backbone if backbone is not None else AutoModel.from_config(config.text_config)
+        self.feature_head = nn.Linear(config.text_config.hidden_size, config.num_features, bias=False)
+        self.user_weights = UserWeights(config.num_users, config.num_features, config.population_weights)
+        self._user_ids: list[str] = [f"user_{i}" for i in range(config.num_users)]
+        self._user_index: dict[str, int] = {uid: i for i, uid in enumerate(self._user_ids)}
+        self.post_init()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: "str | PreTrainedConfig | PreTrainedModel",
+        num_features: int = 32,
+        user_ids: Iterable[Hashable] | None = None,
+        feature_normalization: str = "rms",
+        population_weights: str = "learned",
+        **model_init_kwargs,
+    ) -> "RewardFeatureModel":
+        """
+        Builds a fresh Reward Feature Model around a causal-LM trunk.
+
+        Args:
+            backbone: a model id or local path (loaded with `AutoModel.from_pretrained(backbone, **model_init_kwargs)`,
+                which keeps the trunk and drops the LM head), a config (randomly initialised trunk), or a model
+                instance (a `*ForCausalLM` contributes its trunk, `model.base_model`).
+            num_features: the feature dimension `d`.
+            user_ids: the ids of the training raters, one row each.
+        """
+        if isinstance(backbone, str):
+            config = AutoConfig.from_pretrained(backbone, **_config_kwargs(model_init_kwargs))
+            if config.model_type == RewardFeatureConfig.model_type:
+                raise ValueError(
+                    f"{backbone!r} is already a Reward Feature Model; load it with "
+                    "`RewardFeatureModel.from_pretrained` instead of wrapping it again."
+                )
+            trunk = AutoModel.from_pretrained(backbone, **model_init_kwargs)
+        elif isinstance(backbone, PreTrainedConfig):
+            trunk = AutoModel.from_config(backbone, **model_init_kwargs)
+        elif isinstance(backbone, PreTrainedModel):
+            trunk = backbone.base_model
+        else:
+            raise TypeError(f"`backbone` must be a model id/path, a config or a PreTrainedModel, got {type(backbone)}.")
+        if isinstance(trunk, RewardFeatureModel):
+            raise ValueError("`backbone` is already a RewardFeatureModel.")
+        attn_implementation = trunk.config._attn_implementation  # the config's init would reset it on the trunk
+        config = RewardFeatureConfig(
+            attn_implementation=attn_implementation,
+            text_config=trunk.config,
+            num_features=num_features,
+            feature_normalization=feature_normalization,
+            population_weights=population_weights,
+        )
+        model = cls(config, backbone=trunk)
+        model.to(trunk.dtype)
+        if user_ids is not None:
+            model.add_users(user_ids)
+        return model
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if module is self.feature_head:
+            init.normal_(module.weight, std=self.config.initializer_range)
+        elif isinstance(module, UserWeights):
+            init.normal_(module.weight, std=module.num_features**-0.5)
+            init.zeros_(module.population)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.backbone.set_input_embeddings(value)
+
+    # ------------------------------------------------------------------ users
+    @property
+    def user_ids(self) -> list[str]:
+        """Ids of the users with a row in the table, in row order."""
+        return list(self._user_ids)
+
+    @property
+    def num_users(self) -> int:
+        return len(self._user_ids)
+
+    def has_user(self, user_id: Hashable) -> bool:
+        return normalize_user_id(user_id) in self._user_index
+
+    def get_user_index(self, user_ids: Sequence[Hashable | None], strict: bool = False) -> torch.Tensor:
+        """
+        Rows of the user table for `user_ids` (a `LongTensor`). `None` selects the population weights; an unknown id
+        does too, with a warning, unless `strict=True`, which raises a `KeyError` naming it.
+        """
+        indices, unknown = [], []
+        for user_id in user_ids:
+            if user_id is None:
+                indices.append(POPULATION_INDEX)
+                continue
+            key = normalize_user_id(user_id)
+            index = self._user_index.get(key)
+            if index is None:
+                unknown.append(key)
+                index = POPULATION_INDEX
+            indices.append(index)
+        if unknown:
+            shown = ", ".join(repr(u) for u in sorted(set(unknown))[:5])
+            if strict:
+                raise KeyError(f"Unknown user id(s): {shown}. Known users: {self.num_users}; add them with `add_users`.")
+            warnings.warn(f"Unknown user id(s) {shown}: scoring them with the population weights.", stacklevel=2)
+        return torch.tensor(indices, dtype=torch.long, device=self.user_weights.weight.device)
+
+    def get_user_weights(self, user_ids: Sequence[Hashable | None] | None = None, strict: bool = True) -> torch.Tensor:
+        """Weights `w_u` of `user_ids` (`None` entries: population), or the whole user table. [n, d]"""
+        table = self.user_weights()  # [U + 1, d]
+        if user_ids is None:
+            return table[:-1]
+        return table[self.get_user_index(user_ids, strict=strict)]
+
+    def get_population_weights(self) -> torch.Tensor:
+        return self.user_weights()[POPULATION_INDEX]  # [d]
+
+    @torch.no_grad()
+    def add_users(self, user_ids: Iterable[Hashable], weights: torch.Tensor | None = None) -> None:
+        """
+        Adds users to the table, or replaces the weights of users already there. New users without `weights` start
+        at the population weights, so they score like the population until trained or adapted.
+
+        Args:
+            user_ids: ids of the users (any hashable; keyed by their string form).
+            weights: optional `[len(user_ids), d]` weights.
+        """
+        keys = [normalize_user_id(u) for u in user_ids]
+        if len(set(keys)) != len(keys):
+            raise ValueError("`user_ids` contains duplicates.")
+        if weights is not None:
+            weights = torch.as_tensor(weights, dtype=self.user_weights.weight.dtype)
+            if weights.ndim != 2 or weights.shape != (len(keys), self.config.num_features):
+                raise ValueError(
+                    f"`weights` must have shape ({len(keys)}, {self.config.num_features}) = (users, num_features), "
+                    f"got {tuple(weights.shape)}."
+                )
+            if not torch.isfinite(weights).all():
+                raise ValueError("`weights` contains NaN or infinite values.")
+        new_keys = [k for k in keys if k not in self._user_index]
+        new_rows = None
+        if weights is not None:
+            position = {k: i for i, k in enumerate(keys)}
+            new_rows = weights[[position[k] for k in new_keys]] if new_keys else weights[:0]
+            for key in keys:
+                if key in self._user_index:
+                    self.user_weights.weight[self._user_index[key]] = weights[position[key]]
+        if new_keys:
+            self.user_weights.resize(self.num_users + len(new_keys), new_rows=new_rows)
+            self._set_user_ids(self._user_ids + new_keys)
+
+    @torch.no_grad()
+    def remove_users(self, user_ids: Iterable[Hashable]) -> None:
+        """Removes users (their rows and ids) from the table; unknown ids raise a `KeyError`."""
+        drop = {normalize_user_id(u) for u in user_ids}
+        missing = drop - set(self._user_index)
+        if missing:
+            raise KeyError(f"Cannot remove unknown user id(s): {sorted(missing)[:5]}.")
+        kept_ids = [u for u in self._user_ids if u not in drop]
+        keep = torch.tensor([self._user_index[u] for u in kept_ids], dtype=torch.long)
+        self.user_weights.resize(len(kept_ids), keep=keep)
+        self._set_user_ids(kept_ids)
+
+    def _set_user_ids(self, user_ids: list[str]) -> None:
+        if len(user_ids) != self.user_weights.num_users:
+            raise ValueError(f"{len(user_ids)} user ids for a table of {self.user_weights.num_users} rows.")
+        self._user_ids = list(user_ids)
+        self._user_index = {uid: i for i, uid in enumerate(self._user_ids)}
+        self.config.num_users = len(self._user_ids)
+
+    # ------------------------------------------------------------------ the math
+    def reward_features(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **backbone_kwargs,
+    ) -> torch.Tensor:
+        """The reward features `phi(x, y)` of each sequence: `[B, T] -> [B, d]` (float32)."""
+        if attention_mask is None:
+            reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
+            pad_token_id = self.config.text_config.pad_token_id
+            if input_ids is not None and pad_token_id is not None:
+                attention_mask = (input_ids != pad_token_id).long()
+            else:
+                attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+        backbone_kwargs.setdefault("use_cache", False)
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **backbone_kwargs
+        ).last_hidden_state  # [B, T, H]
+        last = last_token_index(attention_mask)  # [B]
+        h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, H]
+        phi = self.feature_head(h_last.to(self.feature_head.weight.dtype)).float()  # [B, d]
+        if self.config.feature_normalization == "rms":
+            # Fixes the phi/W scale ambiguity: ||phi|| = sqrt(d), all reward scale lives in the user weights.
+            phi = phi * torch.rsqrt(phi.pow(2).mean(dim=-1, keepdim=True) + 1e-6)
+        return phi
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        user_index: torch.LongTensor | None = None,
+        user_ids: Sequence[Hashable | None] | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> RewardFeatureModelOutput:
+        r"""
+        Args:
+            user_index (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Rows of the user table (`-1`: population weights), as built by the trainer's collator.
+            user_ids (sequence of ids, *optional*):
+                Raw user ids, an alternative to `user_index`; unknown ids get the population weights, with a warning.
+        """
+        kwargs.pop("margin", None)  # TRL's compute_loss passes the whole batch to the model
+        kwargs.pop("labels", None)
+        phi = self.reward_features(input_ids, attention_mask, inputs_embeds, use_cache=use_cache, **kwargs)  # [B, d]
+        table = self.user_weights().float()  # [U + 1, d], last row: population
+        if user_ids is not None:
+            if user_index is not None:
+                raise ValueError("Pass either `user_index` or `user_ids`, not both.")
+            user_index = self.get_user_index(user_ids)
+        if user_index is None:
+            user_index = torch.full((phi.shape[0],), POPULATION_INDEX, dtype=torch.long, device=phi.device)
+        weights = table[user_index.to(table.device)]  # [B, d]
+        logits = (phi * weights).sum(dim=-1, keepdim=True)  # [B, 1]
+        population_logits = phi @ table[POPULATION_INDEX, :, None]  # [B, 1]
+        user_rows = table[:-1]
+        if user_rows.shape[0] > 0:
+            # Gaussian prior N(w_pop, sigma^2 I) on every user; w_pop is not pulled towards the users.
+            user_weights_penalty = (user_rows - table[POPULATION_INDEX].detach()).pow(2).sum(-1).mean()
+        else:
+            user_weights_penalty = table.sum() * 0.0
+        return RewardFeatureModelOutput(
+            logits=logits,
+            population_logits=population_logits,
+            reward_features=phi,
+            user_weights_penalty=user_weights_penalty,
+        )
+
+    @torch.no_grad()
+    def rewards_for_users(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        user_ids: Sequence[Hashable | None] | None = None,
+        strict: bool = False,
+    ) -> torch.Tensor:
+        """Rewards of every sequence for every user in one backbone pass: `[B, T] -> [B, n_users]` (all users if
+        `user_ids` is None)."""
+        phi = self.reward_features(input_ids, attention_mask)  # [B, d]
+        table = self.user_weights().float()
+        weights = table[:-1] if user_ids is None else table[self.get_user_index(user_ids, strict=strict)]
+        return phi @ weights.T  # [B, n_users]
+
+
+def _config_kwargs(model_init_kwargs: dict) -> dict:
+    return {k: model_init_kwargs[k] for k in ("revision", "trust_remote_code", "token") if k in model_init_kwargs}
+
+
+AutoConfig.register(RewardFeatureConfig.model_type, RewardFeatureConfig)
+AutoModel.register(RewardFeatureConfig, RewardFeatureModel)
+AutoModelForSequenceClassification.register(RewardFeatureConfig, RewardFeatureModel)

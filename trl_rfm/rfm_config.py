@@ -1,0 +1,106 @@
+"""Training configuration of the [`RFMRewardTrainer`]."""
+
+from dataclasses import dataclass, field
+
+from trl import RewardConfig
+
+from .configuration_rfm import FEATURE_NORMALIZATIONS, POPULATION_WEIGHTS
+
+
+@dataclass
+class RFMConfig(RewardConfig):
+    r"""
+    Configuration of the [`RFMRewardTrainer`]: TRL's [`~trl.RewardConfig`] plus the options of a Reward Feature Model.
+
+    Parameters:
+        > Parameters that control the model (used when the trainer builds the model from a causal LM)
+
+        num_features (`int`, *optional*, defaults to `32`):
+            Number `d` of reward features.
+        feature_normalization (`str`, *optional*, defaults to `"rms"`):
+            `"rms"` rescales features to unit root-mean-square, fixing the feature/weight scale ambiguity; `"none"`
+            leaves them free.
+        population_weights (`str`, *optional*, defaults to `"learned"`):
+            `"learned"`: weights trained on every comparison, for unknown users; `"mean"`: the mean user row.
+
+        > Parameters that control the users
+
+        user_column (`str`, *optional*):
+            Dataset column with the rater id of each comparison. If `None`, the column `user_id` is used when present,
+            and a dataset without it trains a plain (single-rater) reward model. If set, the column is required.
+        unknown_users (`str`, *optional*, defaults to `"population"`):
+            Evaluation rows whose user was not in the training data are scored with the population weights
+            (`"population"`) or rejected (`"error"`).
+        user_weights_init_std (`float`, *optional*):
+            Standard deviation of the random initial rows of new training users (centred on the population weights).
+            `None` means `1 / sqrt(num_features)`, which gives rewards of unit scale with RMS-normalised features.
+
+        > Parameters that control the training
+
+        user_weights_l2 (`float`, *optional*, defaults to `0.01`):
+            Coefficient of the Gaussian prior on the user weights, `l2 * mean_u ||w_u - w_pop||^2`, added to the loss.
+        population_loss_weight (`float`, *optional*, defaults to `1.0`):
+            Weight of the Bradley-Terry loss of the population weights on every comparison (with
+            `population_weights="learned"` and at least one user).
+        user_weights_learning_rate (`float`, *optional*):
+            Learning rate of the user table and the population weights; `None` uses `learning_rate`.
+    """
+
+    num_features: int = field(default=32, metadata={"help": "Number `d` of reward features."})
+    feature_normalization: str = field(
+        default="rms",
+        metadata={
+            "help": "`rms` rescales features to unit root-mean-square (fixes the feature/weight scale ambiguity); "
+            "`none` leaves them free.",
+            "choices": list(FEATURE_NORMALIZATIONS),
+        },
+    )
+    population_weights: str = field(
+        default="learned",
+        metadata={
+            "help": "`learned`: weights trained on every comparison, used for unknown users; `mean`: the mean user row.",
+            "choices": list(POPULATION_WEIGHTS),
+        },
+    )
+    user_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dataset column holding the rater id. If unset, `user_id` is used when present and a dataset "
+            "without it trains a plain reward model; if set, the column is required."
+        },
+    )
+    unknown_users: str = field(
+        default="population",
+        metadata={
+            "help": "Evaluation rows of users unseen in training: score them with the population weights "
+            "(`population`) or raise (`error`).",
+            "choices": ["population", "error"],
+        },
+    )
+    user_weights_init_std: float | None = field(
+        default=None,
+        metadata={"help": "Std of the random initial rows of new users; `None` means 1/sqrt(num_features)."},
+    )
+    user_weights_l2: float = field(
+        default=0.01,
+        metadata={"help": "Coefficient of the Gaussian prior `l2 * mean_u ||w_u - w_pop||^2` on the user weights."},
+    )
+    population_loss_weight: float = field(
+        default=1.0,
+        metadata={"help": "Weight of the Bradley-Terry loss of the learned population weights on every comparison."},
+    )
+    user_weights_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the user table and population weights; `None` uses `learning_rate`."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.feature_normalization not in FEATURE_NORMALIZATIONS:
+            raise ValueError(f"`feature_normalization` must be one of {FEATURE_NORMALIZATIONS}.")
+        if self.population_weights not in POPULATION_WEIGHTS:
+            raise ValueError(f"`population_weights` must be one of {POPULATION_WEIGHTS}.")
+        if self.unknown_users not in ("population", "error"):
+            raise ValueError(f"`unknown_users` must be 'population' or 'error', got {self.unknown_users!r}.")
+        if self.user_weights_l2 < 0:
+            raise ValueError(f"`user_weights_l2` must be >= 0, got {self.user_weights_l2}.")
