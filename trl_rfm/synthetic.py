@@ -6,7 +6,7 @@ among filler words. Rater `u` scores a response by `v_u · a`, where `a` is its 
 
     v_u = normalise((1 - disagreement) * c + disagreement * g_u),    g_u = normalise(pi_u @ P)
 
-`c` is a direction every rater shares, `P` holds `num_groups` random "opinion group" directions and `pi_u` is the
+`c` is a direction every rater shares, `P` holds `num_groups` "opinion group" directions in opposed pairs and `pi_u` is the
 rater's Dirichlet mixture over the groups. `disagreement=0` makes all raters identical (a personalised model can gain
 nothing); `disagreement=1` makes them pure group mixtures (a single reward model averages them away).
 """
@@ -55,7 +55,10 @@ def _response(attributes: np.ndarray, rng: np.random.Generator, attribute_words)
 def _rater_preferences(num_raters, num_attributes, disagreement, num_groups, concentration, rng):
     common = rng.normal(size=num_attributes)
     common /= np.linalg.norm(common)
-    groups = rng.normal(size=(num_groups, num_attributes))  # [M, K]
+    # Opinion groups come in opposed pairs (g, -g): where raters disagree, they disagree in direction, so the average
+    # rater - what a single reward model learns - is a poor stand-in for any of them.
+    half = rng.normal(size=((num_groups + 1) // 2, num_attributes))
+    groups = np.concatenate([half, -half])[:num_groups]  # [M, K]
     mixtures = rng.dirichlet(np.full(num_groups, concentration), size=num_raters)  # [U, M]
     individual = mixtures @ groups
     individual /= np.linalg.norm(individual, axis=1, keepdims=True)
