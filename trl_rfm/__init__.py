@@ -1,6 +1,8 @@
 """trl-rfm: Reward Feature Models (personalised reward models) for TRL."""
 
+from .adaptation import fit_user_weights, prior_from_model
 from .configuration_rfm import RewardFeatureConfig
+from .feature_cache import compute_feature_differences, group_by_user, tokenize_preferences
 from .modeling_rfm import RewardFeatureModel, RewardFeatureModelOutput
 from .user_weights import UserWeights
 

@@ -1,0 +1,26 @@
+"""The `trl-rfm` command line: `trl-rfm <command> [options]`; `trl-rfm <command> --help` lists the options."""
+
+import importlib
+import sys
+
+
+COMMANDS = {
+    "demo": ("trl_rfm.demo", "Train on synthetic raters, adapt held-out ones, print accuracy (offline, CPU)."),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = [f"  {name:<10} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+        print("usage: trl-rfm <command> [options]\n\ncommands:\n" + "\n".join(lines))
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\ntrl-rfm: unknown command {argv[0]!r}", file=sys.stderr)
+            sys.exit(2)
+        return
+    module, _ = COMMANDS[argv[0]]
+    importlib.import_module(module).main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()
