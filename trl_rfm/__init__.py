@@ -1,13 +1,13 @@
 """trl-rfm: Reward Feature Models (personalised reward models) for TRL."""
 
+__version__ = "0.1.0"
+
 from .adaptation import fit_user_weights, prior_from_model
 from .configuration_rfm import RewardFeatureConfig
 from .feature_cache import compute_feature_differences, group_by_user, tokenize_preferences
 from .modeling_rfm import RewardFeatureModel, RewardFeatureModelOutput
-from .user_weights import UserWeights
-
-__version__ = "0.1.0"
 from .rfm_config import RFMConfig
 from .rfm_trainer import RFMRewardTrainer, UserIndexCollator
 from .synthetic import SyntheticPreferences, make_synthetic_preferences
 from .tiny_models import build_tiny_causal_lm, build_tokenizer, save_tiny_causal_lm
+from .user_weights import UserWeights
