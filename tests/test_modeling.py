@@ -1,0 +1,113 @@
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+from trl_rfm import RewardFeatureConfig, RewardFeatureModel
+
+
+@pytest.fixture
+def model(tiny_lm):
+    torch.manual_seed(0)
+    model = RewardFeatureModel.from_backbone(tiny_lm, num_features=8, user_ids=["alice", "bob", 7])
+    model.add_users(["alice", "bob", 7], weights=torch.randn(3, 8))
+    return model.eval()
+
+
+def _batch(tokenizer, texts, padding_side="right"):
+    tokenizer.padding_side = padding_side
+    try:
+        return tokenizer(texts, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = "right"
+
+
+def test_config_is_a_reward_model_config():
+    config = RewardFeatureConfig(text_config={"model_type": "llama", "hidden_size": 16, "num_attention_heads": 2}, num_features=4)
+    assert config.num_labels == 1  # TRL's RewardTrainer requires it
+    with pytest.raises(ValueError, match="num_features=1"):
+        RewardFeatureConfig(num_features=1)
+    with pytest.raises(ValueError, match="population_weights"):
+        RewardFeatureConfig(population_weights="median")
+
+
+def test_features_have_unit_rms_scale(model, tokenizer):
+    batch = _batch(tokenizer, ["the funny answer", "polite formal"])
+    phi = model.reward_features(**batch)
+    assert phi.shape == (2, 8)
+    torch.testing.assert_close(phi.norm(dim=-1), torch.full((2,), 8**0.5), rtol=1e-4, atol=1e-4)
+
+
+def test_pooling_reads_the_last_real_token_for_either_padding_side(model, tokenizer):
+    texts = ["the funny answer is here", "polite"]
+    right = model.reward_features(**_batch(tokenizer, texts, "right"))
+    left = model.reward_features(**_batch(tokenizer, texts, "left"))
+    alone = torch.cat([model.reward_features(**_batch(tokenizer, [t])) for t in texts])
+    torch.testing.assert_close(right, alone, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(left, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_forward_rewards_are_features_dot_user_weights(model, tokenizer):
+    batch = _batch(tokenizer, ["the funny answer", "polite formal", "so well", "creative"])
+    users = ["alice", "bob", "7", None]
+    logits = model(**batch, user_ids=users).logits
+    phi = model.reward_features(**batch)
+    expected = (phi * model.get_user_weights(users)).sum(-1, keepdim=True)
+    torch.testing.assert_close(logits, expected)
+    # No users given: the population reward.
+    torch.testing.assert_close(model(**batch).logits, phi @ model.get_population_weights()[:, None])
+
+
+def test_many_users_scored_in_one_backbone_pass(model, tokenizer):
+    batch = _batch(tokenizer, ["the funny answer", "polite formal"])
+    calls = []
+    handle = model.backbone.register_forward_hook(lambda *args: calls.append(1))
+    rewards = model.rewards_for_users(**batch)  # [B, U]
+    handle.remove()
+    assert len(calls) == 1 and rewards.shape == (2, 3)
+    for column, user in enumerate(model.user_ids):
+        torch.testing.assert_close(rewards[:, column : column + 1], model(**batch, user_ids=[user] * 2).logits)
+
+
+def test_unknown_users_get_population_weights_or_an_error(model, tokenizer):
+    batch = _batch(tokenizer, ["the funny answer"])
+    with pytest.warns(UserWarning, match="carol"):
+        logits = model(**batch, user_ids=["carol"]).logits
+    torch.testing.assert_close(logits, model(**batch).logits)
+    with pytest.raises(KeyError, match="carol"):
+        model.get_user_index(["carol"], strict=True)
+    with pytest.raises(ValueError, match="empty"):
+        model.get_user_index([" "])
+
+
+def test_add_replace_and_remove_users(model):
+    before = model.get_user_weights(["alice"]).clone()
+    model.add_users(["dave"])  # new user starts at the population weights
+    torch.testing.assert_close(model.get_user_weights(["dave"])[0], model.get_population_weights())
+    model.add_users(["dave", "bob"], weights=torch.ones(2, 8))  # replace both
+    torch.testing.assert_close(model.get_user_weights(["bob", "dave"]), torch.ones(2, 8))
+    model.remove_users(["bob"])
+    assert model.user_ids == ["alice", "7", "dave"] and model.config.num_users == 3
+    torch.testing.assert_close(model.get_user_weights(["alice"]), before)
+    with pytest.raises(ValueError, match="shape"):
+        model.add_users(["erin"], weights=torch.ones(1, 5))
+    with pytest.raises(ValueError, match="NaN"):
+        model.add_users(["erin"], weights=torch.full((1, 8), float("nan")))
+    with pytest.raises(KeyError, match="zoe"):
+        model.remove_users(["zoe"])
+
+
+def test_auto_classes_and_backbone_loading(tmp_path, tiny_lm, tokenizer):
+    lm_path = tmp_path / "lm"
+    tiny_lm.save_pretrained(lm_path)
+    model = RewardFeatureModel.from_backbone(str(lm_path), num_features=4)
+    # The trunk's weights come from the checkpoint, the LM head is dropped.
+    torch.testing.assert_close(model.backbone.embed_tokens.weight, tiny_lm.model.embed_tokens.weight)
+    model.save_pretrained(tmp_path / "rfm")
+    assert isinstance(AutoConfig.from_pretrained(tmp_path / "rfm"), RewardFeatureConfig)
+    for auto_class in (AutoModel, AutoModelForSequenceClassification):
+        loaded = auto_class.from_pretrained(tmp_path / "rfm")
+        assert isinstance(loaded, RewardFeatureModel)
+        batch = _batch(tokenizer, ["the funny answer"])
+        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
+    with pytest.raises(ValueError, match="already a Reward Feature Model"):
+        RewardFeatureModel.from_backbone(str(tmp_path / "rfm"))

@@ -1,0 +1,214 @@
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+
+from trl_rfm import RewardFeatureModel, RFMConfig, RFMRewardTrainer, make_synthetic_preferences
+
+
+def _args(tmp_path, **overrides):
+    defaults = dict(
+        output_dir=str(tmp_path),
+        num_features=8,
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=64,
+        learning_rate=3e-3,
+        user_weights_learning_rate=3e-2,
+        num_train_epochs=12,
+        lr_scheduler_type="cosine",
+        warmup_steps=20,
+        logging_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        bf16=False,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    return RFMConfig(**{**defaults, **overrides})
+
+
+def _train_and_evaluate(tmp_path, data, tokenizer, tiny_lm, **overrides):
+    trainer = RFMRewardTrainer(
+        model=tiny_lm,
+        args=_args(tmp_path, **overrides),
+        train_dataset=data.train,
+        eval_dataset=data.test,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    return trainer, trainer.evaluate()
+
+
+def test_personal_weights_beat_population_when_raters_disagree(tmp_path, synthetic_strong, tokenizer, tiny_lm):
+    trainer, metrics = _train_and_evaluate(tmp_path, synthetic_strong, tokenizer, tiny_lm)
+    assert trainer.model.user_ids == sorted(set(synthetic_strong.train["user_id"]))
+    # Noise-free labels from opposed opinion groups: one reward for all cannot fit them, a reward per user can.
+    assert metrics["eval_accuracy"] > 0.85
+    assert metrics["eval_accuracy"] - metrics["eval_population_accuracy"] > 0.15
+
+
+def test_personal_and_population_match_without_disagreement(tmp_path, tokenizer, tiny_lm):
+    data = make_synthetic_preferences(num_users=8, num_heldout_users=0, train_pairs_per_user=128, disagreement=0.0)
+    _, metrics = _train_and_evaluate(tmp_path, data, tokenizer, tiny_lm)
+    assert metrics["eval_population_accuracy"] > 0.85
+    assert abs(metrics["eval_accuracy"] - metrics["eval_population_accuracy"]) < 0.03
+
+
+def test_lora_trains_only_adapters_feature_head_and_user_table(tmp_path, synthetic_strong, tokenizer, tiny_lm):
+    trainer = RFMRewardTrainer(
+        model=tiny_lm,
+        args=_args(tmp_path, max_steps=5, num_train_epochs=1),
+        train_dataset=synthetic_strong.train,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert changed and changed <= trainable
+    assert any("lora_B" in n for n in changed)
+    assert any("feature_head.modules_to_save" in n for n in changed)
+    assert any("user_weights.modules_to_save" in n and n.endswith(".weight") for n in changed)
+    frozen_backbone = {n for n in before if "lora_" not in n and "modules_to_save" not in n}
+    assert not (changed & frozen_backbone)
+
+
+def test_full_fine_tuning_updates_the_backbone(tmp_path, synthetic_strong, tokenizer, tiny_lm):
+    trainer = RFMRewardTrainer(
+        model=tiny_lm,
+        args=_args(tmp_path, max_steps=3, num_train_epochs=1),
+        train_dataset=synthetic_strong.train,
+        processing_class=tokenizer,
+    )
+    before = trainer.model.backbone.layers[0].self_attn.q_proj.weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(before, trainer.model.backbone.layers[0].self_attn.q_proj.weight)
+
+
+def _rows(data, n=64):
+    return data.train.select(range(n)).to_list()
+
+
+@pytest.mark.parametrize("conversational", [False, True], ids=["standard", "conversational"])
+@pytest.mark.parametrize("explicit_prompt", [False, True], ids=["implicit", "explicit"])
+def test_all_four_trl_preference_formats(tmp_path, synthetic_strong, tokenizer, tiny_lm, conversational, explicit_prompt):
+    rows = []
+    for row in _rows(synthetic_strong):
+        prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+        if conversational:
+            prompt = [{"role": "user", "content": prompt}]
+            chosen = [{"role": "assistant", "content": chosen}]
+            rejected = [{"role": "assistant", "content": rejected}]
+            if not explicit_prompt:
+                chosen, rejected = prompt + chosen, prompt + rejected
+        elif not explicit_prompt:
+            chosen, rejected = f"{prompt} {chosen}", f"{prompt} {rejected}"
+        new = {"chosen": chosen, "rejected": rejected, "user_id": row["user_id"], "margin": 0.5}
+        if explicit_prompt:
+            new["prompt"] = prompt
+        rows.append(new)
+    dataset = Dataset.from_list(rows)
+    trainer = RFMRewardTrainer(
+        model=tiny_lm,
+        args=_args(tmp_path, max_steps=2, num_train_epochs=1, center_rewards_coefficient=0.01),
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and torch.isfinite(torch.tensor(metrics["eval_loss"]))
+    assert trainer.model.num_users == len({r["user_id"] for r in rows})
+
+
+def test_dataset_without_user_column_trains_a_plain_reward_model(tmp_path, tokenizer, tiny_lm):
+    data = make_synthetic_preferences(num_users=4, num_heldout_users=0, train_pairs_per_user=128, disagreement=0.0)
+    train, test = data.train.remove_columns("user_id"), data.test.remove_columns("user_id")
+    trainer = RFMRewardTrainer(
+        model=tiny_lm, args=_args(tmp_path), train_dataset=train, eval_dataset=test, processing_class=tokenizer
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert trainer.model.num_users == 0
+    assert metrics["eval_accuracy"] > 0.85
+    assert metrics["eval_accuracy"] == metrics["eval_population_accuracy"]
+
+
+def test_declared_user_column_must_exist(tmp_path, synthetic_strong, tokenizer, tiny_lm):
+    with pytest.raises(ValueError, match="no user column 'rater'"):
+        RFMRewardTrainer(
+            model=tiny_lm,
+            args=_args(tmp_path, user_column="rater"),
+            train_dataset=synthetic_strong.train,
+            processing_class=tokenizer,
+        )
+
+
+@pytest.mark.parametrize("bad_value", [None, "", "  "])
+def test_malformed_user_ids_are_rejected_with_their_row(tmp_path, synthetic_strong, tokenizer, tiny_lm, bad_value):
+    rows = _rows(synthetic_strong, 8)
+    rows[3]["user_id"] = bad_value
+    with pytest.raises(ValueError, match="row 3"):
+        RFMRewardTrainer(
+            model=tiny_lm, args=_args(tmp_path), train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+        )
+
+
+def test_eval_dataset_must_keep_the_user_column(tmp_path, synthetic_strong, tokenizer, tiny_lm):
+    with pytest.raises(ValueError, match="eval dataset has no user column 'user_id'"):
+        RFMRewardTrainer(
+            model=tiny_lm,
+            args=_args(tmp_path),
+            train_dataset=synthetic_strong.train,
+            eval_dataset=synthetic_strong.test.remove_columns("user_id"),
+            processing_class=tokenizer,
+        )
+
+
+def test_unknown_eval_users_get_population_or_an_error(tmp_path, synthetic_strong, tokenizer, tiny_lm):
+    trainer = RFMRewardTrainer(
+        model=tiny_lm,
+        args=_args(tmp_path, max_steps=1),
+        train_dataset=synthetic_strong.train,
+        eval_dataset=synthetic_strong.heldout,
+        processing_class=tokenizer,
+    )
+    assert set(trainer.eval_dataset["user_index"]) == {-1}
+    metrics = trainer.evaluate()
+    assert metrics["eval_accuracy"] == metrics["eval_population_accuracy"]
+    with pytest.raises(ValueError, match="heldout_0"):
+        RFMRewardTrainer(
+            model=tiny_lm,
+            args=_args(tmp_path, unknown_users="error"),
+            train_dataset=synthetic_strong.train,
+            eval_dataset=synthetic_strong.heldout,
+            processing_class=tokenizer,
+        )
+
+
+def test_continuing_training_keeps_rows_and_adds_new_users(tmp_path, synthetic_strong, tokenizer, tiny_lm):
+    model = RewardFeatureModel.from_backbone(tiny_lm, num_features=8, user_ids=["user_0", "someone_else"])
+    weights = model.get_user_weights(["someone_else"]).detach().clone()
+    trainer = RFMRewardTrainer(
+        model=model, args=_args(tmp_path, max_steps=1), train_dataset=synthetic_strong.train, processing_class=tokenizer
+    )
+    assert trainer.model.user_ids[:2] == ["user_0", "someone_else"]
+    assert trainer.model.num_users == 1 + len(set(synthetic_strong.train["user_id"]))
+    torch.testing.assert_close(trainer.model.get_user_weights(["someone_else"]), weights)
+
+
+def test_user_table_has_its_own_learning_rate_and_no_weight_decay(tmp_path, synthetic_strong, tokenizer, tiny_lm):
+    trainer = RFMRewardTrainer(
+        model=tiny_lm,
+        args=_args(tmp_path, weight_decay=0.1, user_weights_learning_rate=0.05),
+        train_dataset=synthetic_strong.train,
+        processing_class=tokenizer,
+    )
+    optimizer = trainer.create_optimizer()
+    table = trainer.model.user_weights.weight
+    (group,) = [g for g in optimizer.param_groups if any(p is table for p in g["params"])]
+    assert group["lr"] == 0.05 and group["weight_decay"] == 0.0
+    others = [p for g in optimizer.param_groups if g is not group for p in g["params"]]
+    assert all(p is not table for p in others)
