@@ -46,6 +46,9 @@ def test_personal_weights_beat_population_when_raters_disagree(tmp_path, synthet
     # Noise-free labels from opposed opinion groups: one reward for all cannot fit them, a reward per user can.
     assert metrics["eval_accuracy"] > 0.85
     assert metrics["eval_accuracy"] - metrics["eval_population_accuracy"] > 0.15
+    # Every rater has the same number of test pairs, so per-user (macro) and per-pair accuracies coincide.
+    assert metrics["eval_user_macro_accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-6)
+    assert metrics["eval_population_user_macro_accuracy"] == pytest.approx(metrics["eval_population_accuracy"], abs=1e-6)
 
 
 def test_personal_and_population_match_without_disagreement(tmp_path, tokenizer, tiny_lm):
@@ -197,6 +200,14 @@ def test_continuing_training_keeps_rows_and_adds_new_users(tmp_path, synthetic_s
     assert trainer.model.user_ids[:2] == ["user_0", "someone_else"]
     assert trainer.model.num_users == 1 + len(set(synthetic_strong.train["user_id"]))
     torch.testing.assert_close(trainer.model.get_user_weights(["someone_else"]), weights)
+
+
+def test_a_plain_reward_config_is_upgraded(tmp_path, synthetic_strong, tokenizer, tiny_lm):
+    from trl import RewardConfig
+
+    args = RewardConfig(output_dir=str(tmp_path), max_steps=1, bf16=False, use_cpu=True, report_to="none", seed=3)
+    trainer = RFMRewardTrainer(model=tiny_lm, args=args, train_dataset=synthetic_strong.train, processing_class=tokenizer)
+    assert isinstance(trainer.args, RFMConfig) and trainer.args.seed == 3 and trainer.args.num_features == 32
 
 
 def test_user_table_has_its_own_learning_rate_and_no_weight_decay(tmp_path, synthetic_strong, tokenizer, tiny_lm):

@@ -16,7 +16,7 @@ What it changes in TRL's trainer, and why:
 """
 
 import dataclasses
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -150,6 +150,8 @@ class RFMRewardTrainer(RewardTrainer):
             peft_config=peft_config,
         )
         self.data_collator = UserIndexCollator(self.data_collator)
+        self._num_users = base_model.num_users
+        self._per_user_counts = None  # [users + 1, (personal correct, population correct, pairs)] during evaluation
         self._trains_population_separately = (
             base_model.config.population_weights == "learned" and base_model.num_users > 0
         )
@@ -266,7 +268,31 @@ class RFMRewardTrainer(RewardTrainer):
             population_accuracy = (population_margin > 0).float().mean()
             population_accuracy = self.accelerator.gather_for_metrics(population_accuracy).mean().item()
             self._metrics[mode]["population_accuracy"].append(population_accuracy)
+            if mode == "eval" and USER_INDEX in inputs:
+                self._accumulate_per_user_accuracy(inputs[USER_INDEX], outputs.logits, population_margin)
         return (loss, outputs) if return_outputs else loss
+
+    def _accumulate_per_user_accuracy(self, user_index, logits, population_margin):
+        # Macro averages over users weigh every rater equally, however many comparisons each one has.
+        chosen, rejected = torch.chunk(logits.squeeze(-1), chunks=2)
+        user_index = torch.chunk(user_index, chunks=2)[0]
+        correct = torch.stack([(chosen > rejected).float(), (population_margin > 0).float()], dim=-1)  # [B, 2]
+        user_index, correct = self.accelerator.gather_for_metrics((user_index, correct))
+        num_rows = self._num_users + 1  # last row: users unknown to the model
+        if self._per_user_counts is None:
+            self._per_user_counts = torch.zeros(num_rows, 3, device=correct.device)
+        rows = torch.where(user_index < 0, num_rows - 1, user_index)
+        self._per_user_counts.index_add_(0, rows, torch.cat([correct, torch.ones_like(correct[:, :1])], dim=-1))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._per_user_counts is not None and not self.model.training:
+            counts = self._per_user_counts[:-1]  # known users only
+            counts = counts[counts[:, 2] > 0]
+            if len(counts):
+                logs["eval_user_macro_accuracy"] = (counts[:, 0] / counts[:, 2]).mean().item()
+                logs["eval_population_user_macro_accuracy"] = (counts[:, 1] / counts[:, 2]).mean().item()
+            self._per_user_counts = None
+        super().log(logs, start_time)
 
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(self, model=None):
@@ -282,8 +308,3 @@ class RFMRewardTrainer(RewardTrainer):
         learning_rate = self.args.user_weights_learning_rate or self.args.learning_rate
         optimizer.add_param_group({"params": user_parameters, "lr": learning_rate, "weight_decay": 0.0})
         return optimizer
-
-    # ------------------------------------------------------------------ users
-    def user_index(self, user_ids: list[Hashable]) -> torch.Tensor:
-        """Rows of the trained model's user table for `user_ids` (population row for unknown ones)."""
-        return torch.tensor([self._user_vocabulary.get(normalize_user_id(u), POPULATION_INDEX) for u in user_ids])
