@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from .adaptation import fit_user_weights, prior_from_model
 from .configuration_rfm import RewardFeatureConfig
 from .feature_cache import compute_feature_differences, group_by_user, tokenize_preferences
+from .feature_geometry import effective_dimension, feature_covariance_penalty
 from .modeling_rfm import RewardFeatureModel, RewardFeatureModelOutput
 from .rfm_config import RFMConfig
 from .rfm_trainer import RFMRewardTrainer, UserIndexCollator

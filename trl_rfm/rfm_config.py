@@ -44,6 +44,10 @@ class RFMConfig(RewardConfig):
             `population_weights="learned"` and at least one user).
         user_weights_learning_rate (`float`, *optional*):
             Learning rate of the user table and the population weights; `None` uses `learning_rate`.
+        feature_covariance_l2 (`float`, *optional*, defaults to `0.0`):
+            Coefficient of `||Cov(phi) - I||_F^2 / d` over the responses of each batch: pushes the features towards
+            decorrelated, unit-variance directions, which fixes their scale without a non-linear normalisation and
+            keeps them from collapsing onto a few directions.
     """
 
     num_features: int = field(default=32, metadata={"help": "Number `d` of reward features."})
@@ -94,6 +98,14 @@ class RFMConfig(RewardConfig):
         metadata={"help": "Learning rate of the user table and population weights; `None` uses `learning_rate`."},
     )
 
+    feature_covariance_l2: float = field(
+        default=0.0,
+        metadata={
+            "help": "Coefficient of `||Cov(phi) - I||_F^2 / d` over each batch's responses (decorrelated, unit-variance "
+            "features: fixes their scale linearly and prevents collapse)."
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
         if self.feature_normalization not in FEATURE_NORMALIZATIONS:
@@ -102,5 +114,7 @@ class RFMConfig(RewardConfig):
             raise ValueError(f"`population_weights` must be one of {POPULATION_WEIGHTS}.")
         if self.unknown_users not in ("population", "error"):
             raise ValueError(f"`unknown_users` must be 'population' or 'error', got {self.unknown_users!r}.")
+        if self.feature_covariance_l2 < 0:
+            raise ValueError(f"`feature_covariance_l2` must be >= 0, got {self.feature_covariance_l2}.")
         if self.user_weights_l2 < 0:
             raise ValueError(f"`user_weights_l2` must be >= 0, got {self.user_weights_l2}.")

@@ -9,8 +9,8 @@ What it changes in TRL's trainer, and why:
 - `_set_signature_columns_if_needed`: keeps `user_index` through `remove_unused_columns`.
 - the data collator is wrapped so that `user_index` survives collation (TRL's collator drops unknown keys).
 - `compute_loss`: TRL's Bradley-Terry loss on the users' rewards (margin and `center_rewards_coefficient` included),
-  plus the loss of the population weights and the Gaussian prior on the user weights; logs population accuracy next
-  to TRL's (personal) accuracy.
+  plus the loss of the population weights, the Gaussian prior on the user weights and the optional feature-covariance
+  penalty; logs population accuracy next to TRL's (personal) accuracy, and per-user (macro) accuracies in evaluation.
 - `create_optimizer`: the user table gets its own parameter group (its own learning rate, no weight decay: it already
   has its prior).
 """
@@ -29,6 +29,7 @@ from trl.data_utils import get_dataset_column_names
 from trl.trainer.utils import create_model_from_path
 
 from .configuration_rfm import RewardFeatureConfig
+from .feature_geometry import feature_covariance_penalty
 from .modeling_rfm import POPULATION_INDEX, RewardFeatureModel, normalize_user_id
 from .rfm_config import RFMConfig
 
@@ -263,6 +264,8 @@ class RFMRewardTrainer(RewardTrainer):
             loss = loss + self.args.population_loss_weight * population_loss
         if self.args.user_weights_l2 > 0:
             loss = loss + self.args.user_weights_l2 * outputs.user_weights_penalty
+        if self.args.feature_covariance_l2 > 0:
+            loss = loss + self.args.feature_covariance_l2 * feature_covariance_penalty(outputs.reward_features)
 
         with torch.no_grad():
             population_accuracy = (population_margin > 0).float().mean()
