@@ -4,9 +4,12 @@ __version__ = "0.1.0"
 
 from .adaptation import fit_user_weights, prior_from_model
 from .configuration_rfm import RewardFeatureConfig
+from .export import export_user_reward_model
 from .feature_cache import compute_feature_differences, group_by_user, tokenize_preferences
 from .feature_geometry import effective_dimension, feature_covariance_penalty
 from .modeling_rfm import RewardFeatureModel, RewardFeatureModelOutput
+from .personalized_reward import PersonalizedReward
+from .relabel import relabel_preferences, sample_candidates
 from .rfm_config import RFMConfig
 from .rfm_trainer import RFMRewardTrainer, UserIndexCollator
 from .synthetic import SyntheticPreferences, make_synthetic_preferences
