@@ -7,10 +7,12 @@ it. [`train_marker_reward_model`] trains a tiny Reward Feature Model on their co
 steering benchmark use it so that every policy loop runs end to end without the Hub.
 """
 
+import os
+
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .modeling_rfm import RewardFeatureModel
 from .rfm_config import RFMConfig
@@ -28,8 +30,9 @@ def marker_users(marker: str = MARKER_WORD) -> tuple[str, str]:
 
 
 def marker_vocabulary(marker: str = MARKER_WORD) -> list[str]:
-    """Every word the task uses, for building a tokenizer."""
-    return [" ".join((marker, *FILLER_WORDS)), *(f"question about {topic} ?" for topic in TOPICS)]
+    """Every word the task uses (the user ids too, for user-conditioned prompts), for building a tokenizer."""
+    words = (marker, *FILLER_WORDS, *marker_users(marker), "for", ":")
+    return [" ".join(words), *(f"question about {topic} ?" for topic in TOPICS)]
 
 
 def make_marker_preferences(num_pairs_per_user: int = 256, marker: str = MARKER_WORD, seed: int = 0) -> Dataset:
@@ -57,13 +60,23 @@ def make_marker_preferences(num_pairs_per_user: int = 256, marker: str = MARKER_
     return Dataset.from_list(rows).shuffle(seed=seed)
 
 
-def make_prompt_dataset(user_ids: list[str] | None = None, num_prompts: int = 64, conversational: bool = False) -> Dataset:
-    """Prompts for the policy, each with a `user_id` column (prompts cycle over the users: one user-conditioned run
-    serves them all). Conversational prompts are single user turns."""
+def make_prompt_dataset(
+    user_ids: list[str] | None = None,
+    num_prompts: int = 64,
+    conversational: bool = False,
+    condition_on_user: bool = False,
+) -> Dataset:
+    """
+    Prompts for the policy, each with a `user_id` column; prompts cycle over the users, so one run serves them all.
+    With `condition_on_user` the prompt names its user ("for likes_funny : question about ...") so that a single
+    policy can learn a different behaviour per user. Conversational prompts are single user turns.
+    """
     user_ids = list(user_ids) if user_ids is not None else list(marker_users())
     rows = []
     for i in range(num_prompts):
         prompt = f"question about {TOPICS[i % len(TOPICS)]} ?"
+        if condition_on_user:
+            prompt = f"for {user_ids[i % len(user_ids)]} : {prompt}"
         if conversational:
             prompt = [{"role": "user", "content": prompt}]
         rows.append({"prompt": prompt, "user_id": user_ids[i % len(user_ids)]})
@@ -117,3 +130,32 @@ def train_marker_reward_model(
     )
     trainer.train()
     return trainer.model.eval()
+
+
+def prepare_marker_models(
+    output_dir: str,
+    reward_model_path: str | None = None,
+    policy_path: str | None = None,
+    feature_normalization: str = "rms",
+    seed: int = 0,
+) -> tuple[RewardFeatureModel, PreTrainedTokenizerBase, str]:
+    """
+    What the examples start from: the Reward Feature Model and its tokenizer (loaded from `reward_model_path`, or
+    trained on the marker task and saved under `output_dir/reward_model`), and the path of the policy to fine-tune
+    (`policy_path`, or a tiny random policy saved under `output_dir/initial_policy`).
+    """
+    if reward_model_path is not None:
+        reward_tokenizer = AutoTokenizer.from_pretrained(reward_model_path)
+        reward_model = AutoModel.from_pretrained(reward_model_path)
+    else:
+        reward_tokenizer = build_marker_tokenizer()
+        reward_model = train_marker_reward_model(
+            reward_tokenizer, os.path.join(output_dir, "reward_model"), feature_normalization=feature_normalization, seed=seed
+        )
+        reward_model.save_pretrained(os.path.join(output_dir, "reward_model"))
+        reward_tokenizer.save_pretrained(os.path.join(output_dir, "reward_model"))
+    if policy_path is None:
+        policy_path = os.path.join(output_dir, "initial_policy")
+        build_marker_policy(reward_tokenizer, seed=seed).save_pretrained(policy_path)
+        reward_tokenizer.save_pretrained(policy_path)
+    return reward_model, reward_tokenizer, policy_path
