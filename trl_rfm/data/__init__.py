@@ -1,0 +1,62 @@
+"""Loaders mapping multi-rater preference datasets onto canonical pairwise rows.
+
+Every loader returns a `datasets.Dataset` with `prompt`, `chosen`, `rejected` (TRL's standard or conversational
+preference format) and `user_id` (the rater), optionally `margin`, plus a few source-specific columns. Each reads its
+upstream data with `datasets.load_dataset` from a Hub id or a local copy (same code path).
+
+| Source | Loader | Rater |
+| --- | --- | --- |
+| Polis votes (CC BY 4.0) | [`load_polis`] | `"<conversation>:<voter-id>"` |
+| PRISM | [`load_prism`] | participant `user_id` |
+| summarize-from-feedback | [`load_summarize_from_feedback`] | labeller `worker` |
+| PersonalLLM | [`load_personal_llm`] | simulated Dirichlet mixture of reward models |
+| UltraFeedback-P (VPL) | [`load_ultrafeedback_p`] | user type `attributes` |
+
+Pairs derived from per-item judgements share items; split per user *items* with [`split_items_per_user`] (Polis:
+[`split_polis_votes`]) before forming pairs, and users with [`split_users`].
+"""
+
+from .personal_llm import (
+    PERSONAL_LLM_REWARD_MODELS,
+    detect_reward_models,
+    load_personal_llm,
+    sample_personal_llm_users,
+)
+from .polis import (
+    list_polis_conversations,
+    load_polis,
+    load_polis_votes,
+    make_polis_pairs,
+    read_polis_topic,
+    split_polis_votes,
+)
+from .prism import load_prism, prism_turn_pairs
+from .raw import CANONICAL_COLUMNS, load_raw_split, require_columns
+from .splits import split_items_per_user, split_users
+from .summarize_from_feedback import load_summarize_from_feedback, tldr_prompt
+from .ultrafeedback_p import ULTRAFEEDBACK_P_ATTRIBUTES, load_ultrafeedback_p
+
+
+__all__ = [
+    "CANONICAL_COLUMNS",
+    "PERSONAL_LLM_REWARD_MODELS",
+    "ULTRAFEEDBACK_P_ATTRIBUTES",
+    "detect_reward_models",
+    "list_polis_conversations",
+    "load_personal_llm",
+    "load_polis",
+    "load_polis_votes",
+    "load_prism",
+    "load_raw_split",
+    "load_summarize_from_feedback",
+    "load_ultrafeedback_p",
+    "make_polis_pairs",
+    "prism_turn_pairs",
+    "read_polis_topic",
+    "require_columns",
+    "sample_personal_llm_users",
+    "split_items_per_user",
+    "split_polis_votes",
+    "split_users",
+    "tldr_prompt",
+]
