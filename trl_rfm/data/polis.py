@@ -32,6 +32,7 @@ Keep this attribution with any file derived from these loaders' output.
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
@@ -50,8 +51,16 @@ _COMMENT_COLUMNS = ["comment-id", "moderated", "comment-body"]
 _PAIR_COLUMNS = ["prompt", "chosen", "rejected", "user_id", "conversation", "chosen_item", "rejected_item"]
 
 
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
 def _is_hub_id(path_or_id: str) -> bool:
-    return not os.path.exists(path_or_id)
+    """True for an `owner/name` that is not a local path; a missing local path is an error, not a Hub id."""
+    if os.path.exists(path_or_id):
+        return False
+    if not _HUB_ID.match(path_or_id) or path_or_id.startswith("."):
+        raise FileNotFoundError(f"Polis data not found: {path_or_id!r} is neither a local directory nor a Hub id.")
+    return True
 
 
 def _conversation_root(path_or_id: str) -> str:
@@ -81,7 +90,9 @@ def _conversation_dir(path: str, conversation: str) -> str:
     return f"{_conversation_root(path)}/{conversation}"
 
 
-def _check_columns(frame: pd.DataFrame, columns: Sequence[str], location: str, rater_column: str | None = None) -> None:
+def _check_columns(
+    frame: pd.DataFrame, columns: Sequence[str], location: str, rater_column: str | None = None
+) -> None:
     found = list(frame.columns)
     if rater_column is not None and rater_column not in found:
         raise ValueError(f"Polis {location}: rater column {rater_column!r} not found; columns found: {found}.")

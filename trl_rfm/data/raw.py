@@ -38,7 +38,10 @@ def load_raw_split(
     if os.path.isfile(path):
         suffix = os.path.splitext(path)[1].lower()
         if suffix not in _BUILDER_BY_SUFFIX:
-            raise ValueError(f"Cannot read {path!r}: expected one of {sorted(_BUILDER_BY_SUFFIX)} or a directory/Hub id.")
+            raise ValueError(
+                f"Cannot read {path!r}: expected a file ending in one of {sorted(_BUILDER_BY_SUFFIX)}, "
+                "a directory or a Hub id."
+            )
         return load_dataset(_BUILDER_BY_SUFFIX[suffix], data_files={split: path}, split=split)
     return load_dataset(path, name, split=split, data_files=data_files)
 
