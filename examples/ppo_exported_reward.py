@@ -6,7 +6,7 @@ TRL removed `PPOTrainer` in 1.13 (it lived in `trl.experimental.ppo` up to 1.12)
 ordinary `AutoModelForSequenceClassification` reward model. So PPO takes two steps, in two environments:
 
 1. `--stage export` (trl-rfm's environment): train a tiny Reward Feature Model on the marker task (or load
-   `--reward_model_path`), export user `--user_id` as a standard sequence-classification reward model (LoRA merged,
+   `--rfm_path`), export user `--user_id` as a standard sequence-classification reward model (LoRA merged,
    `num_labels=1`, score = `r_u`), and save a tiny policy beside it.
 
 ```
@@ -42,7 +42,7 @@ class ScriptArguments:
     )
     output_dir: str = field(default="ppo-rfm", metadata={"help": "Directory for the models of both stages."})
     user_id: str = field(default="likes_funny", metadata={"help": "The user whose reward PPO maximises."})
-    reward_model_path: str | None = field(
+    rfm_path: str | None = field(
         default=None, metadata={"help": "A trained Reward Feature Model; default: train one on the marker task."}
     )
     policy_path: str | None = field(default=None, metadata={"help": "Initial policy; default: a tiny random one."})
@@ -61,7 +61,7 @@ def export_stage(script_args: ScriptArguments) -> None:
 
     reward_model, reward_tokenizer, policy_path = prepare_marker_models(
         script_args.output_dir,
-        script_args.reward_model_path,
+        script_args.rfm_path,
         script_args.policy_path,
         feature_normalization=script_args.feature_normalization,
     )
