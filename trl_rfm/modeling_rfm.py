@@ -84,6 +84,11 @@ class RewardFeatureModel(PreTrainedModel):
 
     def __init__(self, config: RewardFeatureConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config)
+        if backbone is not None:
+            # A given trunk is already initialised (pretrained, or built and then partitioned by ZeRO-3, where
+            # re-initialising would write into empty shards): `post_init` must only initialise the head and the table.
+            for module in backbone.modules():
+                module._is_hf_initialized = True
         self.backbone = backbone if backbone is not None else AutoModel.from_config(config.text_config)
         self.feature_head = nn.Linear(config.text_config.hidden_size, config.num_features, bias=False)
         self.user_weights = UserWeights(config.num_users, config.num_features, config.population_weights)

@@ -23,7 +23,7 @@ import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from trl import RewardConfig, RewardTrainer
 from trl.data_utils import get_dataset_column_names
 from trl.trainer.utils import create_model_from_path
@@ -128,6 +128,9 @@ class RFMRewardTrainer(RewardTrainer):
         self.user_column = resolve_user_column(train_dataset, args)
         user_ids = collect_user_ids(train_dataset, self.user_column) if self.user_column else []
 
+        if processing_class is None and isinstance(model, str):
+            # TRL would look the tokenizer up from the model's config, which for a freshly built RFM names no path.
+            processing_class = AutoTokenizer.from_pretrained(model, trust_remote_code=args.trust_remote_code)
         model = self._load_or_build_model(model, args, user_ids, quantization_config)
         base_model = model.get_base_model() if is_peft_model(model) else model
         self._user_vocabulary = {uid: i for i, uid in enumerate(base_model.user_ids)}
