@@ -2,16 +2,28 @@
 
 __version__ = "0.1.0"
 
-from .adaptation import fit_user_weights, prior_from_model
+from .active_adaptation import ActiveAdaptationTrace, expected_information_gain, select_questions, simulate_adaptation
+from .adaptation import (
+    L2Selection,
+    UserPosterior,
+    adapt_users,
+    fit_user_posterior,
+    fit_user_weights,
+    prior_from_model,
+    select_l2,
+)
 from .configuration_rfm import RewardFeatureConfig
 from .export import export_user_reward_model
 from .feature_cache import compute_feature_differences, group_by_user, tokenize_preferences
 from .feature_geometry import effective_dimension, feature_covariance_penalty
+from .model_card import build_model_card
 from .modeling_rfm import RewardFeatureModel, RewardFeatureModelOutput
 from .personalized_reward import PersonalizedReward
 from .relabel import relabel_preferences, sample_candidates
 from .rfm_config import RFMConfig
 from .rfm_trainer import RFMRewardTrainer, UserIndexCollator
+from .serialization import save_reward_feature_model
 from .synthetic import SyntheticPreferences, make_synthetic_preferences
 from .tiny_models import build_tiny_causal_lm, build_tokenizer, save_tiny_causal_lm
 from .user_weights import UserWeights
+from .user_weights_io import USER_WEIGHTS_NAME, UserWeightsFileError, load_user_weights

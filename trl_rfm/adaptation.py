@@ -6,16 +6,211 @@ With `phi` frozen, a user's comparisons `(y > y')` become a logistic regression 
 
     P(y > y' | x, u) = sigmoid(delta · w_u),      w_u ~ N(w_pop, I / l2)
 
-Its MAP estimate is found by Newton's method, for all users at once on padded `[users, pairs, d]` tensors.
+Its MAP estimate is found by Newton's method, for all users at once on padded `[users, pairs, d]` tensors; the
+Hessian at the MAP gives the Laplace posterior `N(w_map, H^-1)` and the Laplace estimate of the marginal likelihood
+(evidence), which chooses `l2` from data (type-II maximum likelihood, over many users at once).
 """
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 
-def _objective(weights, feature_differences, targets, mask, prior_mean, l2):
-    logits = torch.einsum("upd,ud->up", feature_differences, weights)  # [U, P]
-    nll = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    return (nll * mask).sum(-1) + 0.5 * l2 * (weights - prior_mean).pow(2).sum(-1)  # [U]
+@dataclass
+class UserPosterior:
+    """
+    Laplace approximation `N(mean, covariance)` of the posterior over each user's weights.
+
+    Attributes:
+        mean (`torch.Tensor` of shape `(users, d)`): the MAP weights (what [`fit_user_weights`] returns).
+        covariance (`torch.Tensor` of shape `(users, d, d)`): inverse Hessian of the negative log posterior at `mean`.
+        log_evidence (`torch.Tensor` of shape `(users,)`): Laplace estimate of `log p(answers | l2)` per user (0 for a
+            user without pairs); summed over users, it is the criterion [`select_l2`] maximises.
+    """
+
+    mean: torch.Tensor
+    covariance: torch.Tensor
+    log_evidence: torch.Tensor
+
+    def predict_proba(self, feature_differences: torch.Tensor) -> torch.Tensor:
+        """
+        Posterior predictive `P(first response preferred)` of each pair `[users, pairs, d] -> [users, pairs]`,
+        integrating over the weights (probit approximation, MacKay 1992): uncertain users get probabilities closer
+        to 1/2 than their MAP weights alone would give.
+        """
+        x = feature_differences.to(self.mean.dtype)
+        logits = torch.einsum("upd,ud->up", x, self.mean)
+        variance = torch.einsum("upd,ude,upe->up", x, self.covariance, x)
+        return torch.sigmoid(logits / torch.sqrt(1 + math.pi / 8 * variance))
+
+
+@dataclass
+class L2Selection:
+    """
+    Outcome of [`select_l2`].
+
+    Attributes:
+        l2 (`float`): the chosen prior precision.
+        candidates (`list[float]`): the values tried, increasing.
+        scores (`list[float]`): their criterion (total log evidence, or held-out log-likelihood per pair); higher is
+            better.
+        method (`str`): `"evidence"` or `"cross_validation"`.
+    """
+
+    l2: float
+    candidates: list[float]
+    scores: list[float]
+    method: str
+
+
+def _validate(feature_differences, mask, prior_mean, l2, targets):
+    """Checks shapes and values, and returns float tensors in the compute dtype: float64 stays float64, anything
+    else is computed in float32 (fast enough for 10^4 users on a laptop, and the solve is well conditioned)."""
+    if not isinstance(feature_differences, torch.Tensor):
+        feature_differences = torch.as_tensor(feature_differences)
+    if feature_differences.ndim != 3:
+        raise ValueError(
+            "`feature_differences` must be [users, pairs, d] (use `.unsqueeze(0)` for a single user), got shape "
+            f"{tuple(feature_differences.shape)}."
+        )
+    dtype = torch.float64 if feature_differences.dtype == torch.float64 else torch.float32
+    x = feature_differences.to(dtype)
+    num_users, num_pairs, d = x.shape
+    if d == 0:
+        raise ValueError("`feature_differences` has 0 features (d = 0).")
+    if not torch.isfinite(x).all():
+        raise ValueError("`feature_differences` contains NaN or infinite values.")
+
+    if mask is None:
+        mask = torch.ones(num_users, num_pairs, dtype=dtype, device=x.device)
+    else:
+        mask = torch.as_tensor(mask, device=x.device).to(dtype)
+        if mask.shape != (num_users, num_pairs):
+            raise ValueError(f"`mask` must have shape {(num_users, num_pairs)} = (users, pairs), got {tuple(mask.shape)}.")
+        if (mask < 0).any() or not torch.isfinite(mask).all():
+            raise ValueError("`mask` must be finite and >= 0 (1 for a real pair, 0 for padding).")
+
+    if targets is None:
+        targets = torch.ones(num_users, num_pairs, dtype=dtype, device=x.device)
+    else:
+        targets = torch.as_tensor(targets, device=x.device).to(dtype)
+        if targets.shape != (num_users, num_pairs):
+            raise ValueError(
+                f"`targets` must have shape {(num_users, num_pairs)} = (users, pairs), got {tuple(targets.shape)}."
+            )
+        if not ((targets >= 0) & (targets <= 1)).all():
+            raise ValueError("`targets` must be probabilities in [0, 1] (1: first preferred, 0.5: tie).")
+
+    if prior_mean is None:
+        prior = torch.zeros(num_users, d, dtype=dtype, device=x.device)
+    else:
+        prior = torch.as_tensor(prior_mean, device=x.device).to(dtype)
+        if prior.shape[-1] != d:
+            raise ValueError(
+                f"`prior_mean` has {prior.shape[-1]} features but the feature differences have d = {d}: were they "
+                "computed with another model?"
+            )
+        if prior.ndim not in (1, 2) or (prior.ndim == 2 and prior.shape[0] not in (1, num_users)):
+            raise ValueError(f"`prior_mean` must be [d] or [users, d], got shape {tuple(prior.shape)}.")
+        if not torch.isfinite(prior).all():
+            raise ValueError("`prior_mean` contains NaN or infinite values.")
+        prior = prior.expand(num_users, d).contiguous()
+
+    l2 = torch.as_tensor(l2, dtype=dtype, device=x.device)
+    if l2.ndim > 1 or (l2.ndim == 1 and l2.shape[0] != num_users):
+        raise ValueError(f"`l2` must be a number or a [users] tensor, got shape {tuple(l2.shape)}.")
+    if not (torch.isfinite(l2).all() and (l2 > 0).all()):
+        raise ValueError(f"`l2` must be finite and > 0 (it keeps the problem well posed), got {l2.tolist()}.")
+    l2 = l2.expand(num_users).contiguous()
+    return x, mask, targets, prior, l2
+
+
+def _objective(weights, x, targets, mask, prior, l2, logits=None):
+    if logits is None:
+        logits = torch.einsum("upd,ud->up", x, weights)  # [U, P]
+    # softplus(z) - t z is the binary cross-entropy of logit z against target t, stable for any z.
+    nll = torch.nn.functional.softplus(logits) - targets * logits
+    return (nll * mask).sum(-1) + 0.5 * l2 * (weights - prior).pow(2).sum(-1)  # [U]
+
+
+def _hessian(logits, x, mask, l2):
+    probabilities = torch.sigmoid(logits)
+    # The square root of the curvature folded into x: X^T diag(c) X as one symmetric batched product.
+    scaled = x * (probabilities * (1 - probabilities) * mask).sqrt()[..., None]  # [U, P, d]
+    hessian = torch.bmm(scaled.transpose(1, 2), scaled)
+    hessian.diagonal(dim1=-2, dim2=-1).add_(l2[:, None])
+    return hessian, probabilities
+
+
+def _cholesky(hessian):
+    """Cholesky factors of the (positive definite) Hessians; where rounding makes one fail, add jitter and retry."""
+    factor, info = torch.linalg.cholesky_ex(hessian)
+    jitter = 1e-6 * hessian.diagonal(dim1=-2, dim2=-1).mean(-1)
+    while (info > 0).any():
+        failed = info > 0
+        hessian = hessian.clone()
+        hessian[failed] += jitter[failed, None, None] * torch.eye(hessian.shape[-1], dtype=hessian.dtype)
+        factor[failed], info[failed] = torch.linalg.cholesky_ex(hessian[failed])
+        jitter = jitter * 10
+    return factor
+
+
+def _newton(x, mask, targets, prior, l2, max_iter, tol):
+    """
+    Damped Newton on every user at once. Users leave the batch once their Newton decrement is below `tol` (after
+    taking that last, tiny step), so a few slow users do not make everybody pay for extra iterations; the batch is
+    only compacted when it has halved, since copying `[users, pairs, d]` costs as much as an iteration's products.
+    """
+    weights = prior.clone()
+    loss = _objective(weights, x, targets, mask, prior, l2)
+    # Objective changes below rounding are no evidence of a bad step.
+    slack = 8 * torch.finfo(x.dtype).eps
+    rows = torch.arange(x.shape[0], device=x.device)  # users of the compacted batch
+    xa, ma, ta, pa, la = x, mask, targets, prior, l2
+    for _ in range(max_iter):
+        wa, loss_a = weights[rows], loss[rows]
+        logits = torch.einsum("upd,ud->up", xa, wa)
+        hessian, probabilities = _hessian(logits, xa, ma, la)
+        gradient = torch.einsum("up,upd->ud", (probabilities - ta) * ma, xa) + la[:, None] * (wa - pa)
+        step = torch.cholesky_solve(gradient[..., None], _cholesky(hessian))[..., 0]  # [A, d]
+        decrement = (gradient * step).sum(-1)  # squared Newton decrement: twice the predicted decrease
+        logits_step = torch.einsum("upd,ud->up", xa, step)
+        candidate, candidate_loss = wa - step, _objective(wa - step, xa, ta, ma, pa, la, logits - logits_step)
+        # Backtracking, only for the users whose full step raised their objective. Regularised logistic regression
+        # is self-concordant, so full steps are accepted almost always.
+        worse = candidate_loss > loss_a * (1 + slack) + slack
+        scale = 1.0
+        for _ in range(30):
+            if not worse.any():
+                break
+            scale /= 2
+            retry = worse.nonzero()[:, 0]
+            retry_weights = wa[retry] - scale * step[retry]
+            retry_logits = logits[retry] - scale * logits_step[retry]
+            candidate[retry] = retry_weights
+            candidate_loss[retry] = _objective(
+                retry_weights, xa[retry], ta[retry], ma[retry], pa[retry], la[retry], retry_logits
+            )
+            worse[retry] = candidate_loss[retry] > loss_a[retry] * (1 + slack) + slack
+        accepted = ~worse
+        weights[rows[accepted]] = candidate[accepted]
+        loss[rows[accepted]] = candidate_loss[accepted]
+        # Done: converged (the step just taken was already negligible), or no descent left at this precision.
+        still = (decrement >= 2 * tol) & accepted
+        if not still.any():
+            break
+        if still.sum() * 2 <= still.numel():
+            keep = still.nonzero()[:, 0]
+            rows, xa, ma, ta, pa, la = rows[keep], xa[keep], ma[keep], ta[keep], pa[keep], la[keep]
+    return weights, loss
+
+
+def _prepare_and_fit(feature_differences, mask, prior_mean, l2, targets, max_iter, tol):
+    x, mask, targets, prior, l2 = _validate(feature_differences, mask, prior_mean, l2, targets)
+    weights, loss = _newton(x, mask, targets, prior, l2, max_iter, tol)
+    return weights, loss, (x, mask, targets, prior, l2)
 
 
 @torch.no_grad()
@@ -23,67 +218,132 @@ def fit_user_weights(
     feature_differences: torch.Tensor,
     mask: torch.Tensor | None = None,
     prior_mean: torch.Tensor | None = None,
-    l2: float = 1.0,
+    l2: float | torch.Tensor = 1.0,
     targets: torch.Tensor | None = None,
     max_iter: int = 50,
-    tol: float = 1e-6,
+    tol: float = 1e-8,
 ) -> torch.Tensor:
     r"""
     MAP user weights under a Gaussian prior centred on `prior_mean`, for many users at once.
 
+    Minimises, for every user `u` independently,
+    `sum_p mask[u,p] * BCE(delta[u,p] · w, targets[u,p]) + l2[u] / 2 * ||w - prior_mean[u]||^2`.
+    The problem is strictly convex for `l2 > 0`, so the answer is unique and finite whatever the data: all pairs one
+    way, only ties, duplicates, zero feature differences, or no pairs at all (which gives `prior_mean`).
+
     Args:
         feature_differences (`torch.Tensor` of shape `(users, pairs, d)`):
-            `phi(x, chosen) - phi(x, rejected)` of each user's pairs, padded to a common number of pairs.
+            `phi(x, chosen) - phi(x, rejected)` of each user's pairs, padded to a common number of pairs (see
+            [`group_by_user`]).
         mask (`torch.Tensor` of shape `(users, pairs)`, *optional*):
-            1 for real pairs, 0 for padding. A user with no pairs gets `prior_mean`.
+            1 for real pairs, 0 for padding (non-negative weights in general). A user with no pairs gets `prior_mean`.
         prior_mean (`torch.Tensor` of shape `(d,)` or `(users, d)`, *optional*):
             Centre of the prior, normally the population weights; zeros if `None`.
-        l2 (`float`): prior precision; larger keeps users closer to `prior_mean`. Must be > 0.
+        l2 (`float` or `torch.Tensor` of shape `(users,)`):
+            Prior precision; larger keeps users closer to `prior_mean`. Must be > 0. [`prior_from_model`] gives the
+            empirical-Bayes value of a trained model; [`select_l2`] chooses it from users' answers.
         targets (`torch.Tensor` of shape `(users, pairs)`, *optional*):
             Probability that the first response is preferred: 1 for a plain comparison (default), 0.5 for a tie.
+        max_iter (`int`): Newton iterations at most.
+        tol (`float`): stop a user once half its squared Newton decrement (the predicted decrease of its objective)
+            is below `tol`.
 
     Returns:
-        `torch.Tensor` of shape `(users, d)`: the fitted weights.
+        `torch.Tensor` of shape `(users, d)` and the dtype of `feature_differences`: the fitted weights.
     """
-    if feature_differences.ndim != 3:
-        raise ValueError(f"`feature_differences` must be [users, pairs, d], got shape {tuple(feature_differences.shape)}.")
-    if l2 <= 0:
-        raise ValueError(f"`l2` must be > 0 (it keeps the problem well posed), got {l2}.")
-    x = feature_differences.double()
-    num_users, num_pairs, d = x.shape
-    mask = torch.ones(num_users, num_pairs, dtype=x.dtype) if mask is None else mask.to(x.dtype)
-    targets = torch.ones_like(mask) if targets is None else targets.to(x.dtype)
-    prior = torch.zeros(d, dtype=x.dtype) if prior_mean is None else prior_mean.to(x.dtype)
-    if prior.shape[-1] != d:
-        raise ValueError(f"`prior_mean` has {prior.shape[-1]} features but the feature differences have {d}.")
-    prior = prior.expand(num_users, d)
-    if not torch.isfinite(x).all():
-        raise ValueError("`feature_differences` contains NaN or infinite values.")
+    weights, _, _ = _prepare_and_fit(feature_differences, mask, prior_mean, l2, targets, max_iter, tol)
+    return weights.to(feature_differences.dtype if feature_differences.is_floating_point() else weights.dtype)
 
-    weights = prior.clone()
-    identity = torch.eye(d, dtype=x.dtype)
-    loss = _objective(weights, x, targets, mask, prior, l2)
-    for _ in range(max_iter):
-        probabilities = torch.sigmoid(torch.einsum("upd,ud->up", x, weights))  # [U, P]
-        gradient = torch.einsum("up,upd->ud", (probabilities - targets) * mask, x) + l2 * (weights - prior)
-        curvature = probabilities * (1 - probabilities) * mask  # [U, P]
-        hessian = torch.einsum("up,upd,upe->ude", curvature, x, x) + l2 * identity  # [U, d, d]
-        step = torch.linalg.solve(hessian, gradient[..., None])[..., 0]  # [U, d]
-        # Backtracking per user: halve the step where it does not lower that user's objective.
-        scale = torch.ones(num_users, 1, dtype=x.dtype)
-        for _ in range(20):
-            candidate = weights - scale * step
-            candidate_loss = _objective(candidate, x, targets, mask, prior, l2)
-            worse = candidate_loss > loss + 1e-12
-            if not worse.any():
-                break
-            scale = torch.where(worse[:, None], scale / 2, scale)
-        improved = candidate_loss <= loss + 1e-12
-        weights = torch.where(improved[:, None], candidate, weights)
-        loss = torch.where(improved, candidate_loss, loss)
-        if (scale * step).abs().max() < tol:
-            break
-    return weights.to(feature_differences.dtype)
+
+@torch.no_grad()
+def fit_user_posterior(
+    feature_differences: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    prior_mean: torch.Tensor | None = None,
+    l2: float | torch.Tensor = 1.0,
+    targets: torch.Tensor | None = None,
+    max_iter: int = 50,
+    tol: float = 1e-8,
+) -> UserPosterior:
+    """
+    [`fit_user_weights`] plus the Laplace posterior of every user: covariance `H^-1` (the inverse Hessian of the
+    negative log posterior at the MAP) and the Laplace log evidence
+    `-objective(w_map) + d/2 log(l2) - 1/2 log det H`. Same arguments as [`fit_user_weights`]; computed in float64
+    (covariances and log-determinants need the precision). The uncertainty drives active question selection
+    (`trl_rfm.active_adaptation`) and the evidence drives [`select_l2`].
+    """
+    if isinstance(feature_differences, torch.Tensor) and feature_differences.is_floating_point():
+        feature_differences = feature_differences.double()
+    weights, loss, (x, mask, _, _, l2) = _prepare_and_fit(
+        feature_differences, mask, prior_mean, l2, targets, max_iter, tol
+    )
+    hessian, _ = _hessian(torch.einsum("upd,ud->up", x, weights), x, mask, l2)
+    factor = _cholesky(hessian)
+    covariance = torch.cholesky_inverse(factor)
+    log_det = 2 * factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    d = x.shape[-1]
+    log_evidence = -loss + 0.5 * d * l2.log() - 0.5 * log_det
+    return UserPosterior(mean=weights, covariance=covariance, log_evidence=log_evidence)
+
+
+DEFAULT_L2_CANDIDATES = tuple(10.0 ** (k / 4) for k in range(-12, 13))  # 1e-3 ... 1e3, 4 per decade
+
+
+@torch.no_grad()
+def select_l2(
+    feature_differences: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    prior_mean: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
+    candidates: Sequence[float] | None = None,
+    method: str = "evidence",
+    num_folds: int = 5,
+    seed: int = 0,
+) -> L2Selection:
+    """
+    Chooses the prior precision `l2` from the answers of many users (typically the training users, on pairs the
+    model was not trained on), so that new users are shrunk towards the population exactly as much as users differ.
+
+    Args:
+        feature_differences, mask, prior_mean, targets: as in [`fit_user_weights`].
+        candidates (`Sequence[float]`, *optional*): values to try; defaults to 1e-3 ... 1e3, four per decade.
+        method (`str`): `"evidence"` (default) maximises the Laplace marginal likelihood summed over users — the
+            empirical-Bayes choice, which does not depend on how many pairs a new user will give; `"cross_validation"`
+            maximises the log-likelihood of held-out pairs, each user's pairs split into `num_folds` folds.
+        num_folds (`int`): folds of `"cross_validation"`.
+        seed (`int`): seed of the fold assignment.
+    """
+    if method not in ("evidence", "cross_validation"):
+        raise ValueError(f"`method` must be 'evidence' or 'cross_validation', got {method!r}.")
+    candidates = sorted(float(c) for c in (candidates or DEFAULT_L2_CANDIDATES))
+    if not candidates or min(candidates) <= 0:
+        raise ValueError("`candidates` must be a non-empty list of values > 0.")
+    x, mask, targets, prior, _ = _validate(feature_differences, mask, prior_mean, 1.0, targets)
+    if mask.sum() == 0:
+        raise ValueError("`select_l2` needs at least one pair to learn from.")
+    scores = []
+    if method == "evidence":
+        x = x.double()
+        for l2 in candidates:
+            posterior = fit_user_posterior(x, mask, prior, l2, targets)
+            scores.append(posterior.log_evidence.sum().item())
+    else:
+        if num_folds < 2:
+            raise ValueError(f"`num_folds` must be >= 2, got {num_folds}.")
+        generator = torch.Generator().manual_seed(seed)
+        ranks = torch.rand(mask.shape, generator=generator).argsort(-1).argsort(-1)
+        folds = ranks % num_folds  # every user's pairs spread evenly over the folds
+        for l2 in candidates:
+            log_likelihood = 0.0
+            for fold in range(num_folds):
+                held_out = (folds == fold).to(mask.dtype) * mask
+                weights = fit_user_weights(x, mask - held_out, prior, l2, targets)
+                logits = torch.einsum("upd,ud->up", x, weights)
+                nll = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+                log_likelihood -= (nll * held_out).sum().item()
+            scores.append(log_likelihood / mask.sum().item())
+    best = max(range(len(candidates)), key=lambda i: scores[i])
+    return L2Selection(l2=candidates[best], candidates=candidates, scores=scores, method=method)
 
 
 @torch.no_grad()
@@ -99,3 +359,55 @@ def prior_from_model(model) -> tuple[torch.Tensor, float]:
         return population.cpu(), 1.0
     spread = (users - population).pow(2).mean().item()
     return population.cpu(), 1.0 / max(spread, 1e-6)
+
+
+@torch.no_grad()
+def adapt_users(
+    model,
+    processing_class,
+    dataset,
+    user_column: str = "user_id",
+    l2: float | str | None = None,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    show_progress: bool = True,
+) -> tuple[list[str], torch.Tensor]:
+    """
+    Fits the weights of the users in `dataset` (a preference dataset with a user column) on the model's frozen
+    features and adds them to the model (replacing the weights of users it already has), so that they score like
+    training users and are saved with it.
+
+    Args:
+        model ([`RewardFeatureModel`]): a trained model.
+        processing_class: its tokenizer.
+        dataset (`datasets.Dataset`): comparisons in any TRL preference format, with a `user_column`.
+        user_column (`str`): column holding the user id of each comparison.
+        l2 (`float`, `"evidence"` or `None`): prior precision. `None` (default) takes the empirical-Bayes value of the
+            model ([`prior_from_model`]); `"evidence"` chooses it from these users' answers with [`select_l2`] (needs
+            several users).
+
+    Returns:
+        `(user_ids, weights [users, d])` in first-seen order.
+    """
+    from .feature_cache import compute_feature_differences, group_by_user
+
+    if len(dataset) == 0:
+        raise ValueError("The dataset of comparisons is empty: nothing to adapt.")
+    if user_column not in dataset.column_names:
+        raise ValueError(
+            f"The comparisons have no user column {user_column!r}; their columns are {dataset.column_names}."
+        )
+    differences = compute_feature_differences(
+        model, processing_class, dataset, batch_size=batch_size, max_length=max_length, show_progress=show_progress
+    )
+    grouped, mask, user_ids = group_by_user(differences, dataset[user_column])
+    prior_mean, model_l2 = prior_from_model(model)
+    if l2 is None:
+        l2 = model_l2
+    elif l2 == "evidence":
+        l2 = select_l2(grouped, mask, prior_mean).l2
+    elif isinstance(l2, str):
+        raise ValueError(f"`l2` must be a number, 'evidence' or None, got {l2!r}.")
+    weights = fit_user_weights(grouped, mask, prior_mean, float(l2))
+    model.add_users(user_ids, weights.to(model.user_weights.weight.dtype))
+    return user_ids, weights
