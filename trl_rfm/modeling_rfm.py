@@ -9,6 +9,7 @@ Every user shares `phi`; a user is a `d`-vector. Scoring U users on the same res
 (`phi @ W.T`), and a new user is fitted by logistic regression on cached feature differences.
 """
 
+import os
 import warnings
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from . import serialization
 from .configuration_rfm import RewardFeatureConfig
 from .user_weights import UserWeights
 
@@ -81,6 +83,9 @@ class RewardFeatureModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # The user table is personal data, saved apart in `user_weights.safetensors` (see `trl_rfm.serialization`).
+    _keys_to_ignore_on_save = ["user_weights.weight"]
+    _keys_to_ignore_on_load_missing = [r"^user_weights\.weight$"]
 
     def __init__(self, config: RewardFeatureConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config)
@@ -345,6 +350,106 @@ class RewardFeatureModel(PreTrainedModel):
         table = self.user_weights().float()
         weights = table[:-1] if user_ids is None else table[self.get_user_index(user_ids, strict=strict)]
         return phi @ weights.T  # [B, n_users]
+
+    # ------------------------------------------------------------------ persistence (see `trl_rfm.serialization`)
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        state_dict: dict | None = None,
+        push_to_hub: bool = False,
+        save_user_weights: bool = True,
+        model_card=None,
+        **kwargs,
+    ) -> None:
+        """
+        Saves the model in safetensors, atomically: `config.json`, `model.safetensors` (trunk, feature head, population
+        weights), `README.md` (model card) and, unless `save_user_weights=False`, `user_weights.safetensors`: the
+        users' rows and ids, personal data, kept apart from the model.
+
+        Args:
+            save_user_weights: write the user file; without it the directory is a population model.
+            model_card: a `huggingface_hub.ModelCard` for README.md; `None` generates one, `False` writes none.
+            push_to_hub: then upload with [`push_to_hub`] (`repo_id`, `push_user_weights`, ... from `kwargs`).
+            kwargs: `save_pretrained` options of transformers (`max_shard_size`, `variant`, ...).
+        """
+        push_options = ("repo_id", "push_user_weights", "commit_message", "commit_description", "private", "token")
+        push_kwargs = {key: kwargs.pop(key) for key in (*push_options, "revision", "create_pr") if key in kwargs}
+        serialization.save_reward_feature_model(
+            self,
+            save_directory,
+            save_user_weights=save_user_weights,
+            state_dict=state_dict,
+            is_main_process=is_main_process,
+            model_card=model_card,
+            **kwargs,
+        )
+        if push_to_hub and is_main_process:
+            repo_id = push_kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            self.push_to_hub(repo_id, max_shard_size=kwargs.get("max_shard_size", "50GB"), **push_kwargs)
+
+    def push_to_hub(self, repo_id: str, *, push_user_weights: bool = False, **kwargs):
+        """
+        Uploads the model to the Hub in one commit (weights, config, model card). The user weights are personal data
+        and are uploaded only with `push_user_weights=True`; without them the repo scores the population and adapts
+        to new users. `kwargs`: `commit_message`, `private`, `token`, `revision`, `create_pr`, `tags`, ... of
+        transformers' `push_to_hub`. Returns the `huggingface_hub.CommitInfo`.
+        """
+        return serialization.push_to_hub(self, repo_id, push_user_weights=push_user_weights, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *model_args,
+        user_weights: "bool | str | os.PathLike | None" = None,
+        backbone: "str | PreTrainedModel | None" = None,
+        is_trainable: bool = False,
+        **kwargs,
+    ):
+        """
+        Loads a saved Reward Feature Model from a local directory or a Hub repo (one code path), full or LoRA; the
+        transformers Auto classes land here too. Every other argument is transformers' `from_pretrained`'s.
+
+        Args:
+            user_weights: which users to load. `None` (default): those of the model's `user_weights.safetensors` if it
+                has one, else none (a population model). `True`: the same, but the file is required. `False`: none.
+                A path: the users of that file (e.g. a private copy kept apart from a model on the Hub). The file must
+                have been saved with this model: its fingerprint of the feature head is checked.
+            backbone: LoRA only, the trunk (id, path or model) when the adapter config does not name it.
+            is_trainable: LoRA only, load the adapter for further training.
+
+        Returns:
+            A `RewardFeatureModel`, or for a LoRA directory a `peft.PeftModel` around one (`.merge_and_unload()` gives
+            a plain `RewardFeatureModel`).
+        """
+        if pretrained_model_name_or_path is None:  # config + state_dict loading: nothing of ours on disk
+            return super().from_pretrained(None, *model_args, **kwargs)
+        hub_kwargs = serialization.hub_kwargs_of(kwargs)
+        config = kwargs.get("config")
+        if not isinstance(config, PreTrainedConfig):
+            config = cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        head = serialization.locate_feature_head(pretrained_model_name_or_path, hub_kwargs, kwargs.get("variant"))
+        serialization.check_feature_dimension(head, config.num_features, "its config.json")
+        if head.is_adapter:
+            model_kwargs = {
+                k: v for k, v in kwargs.items() if k not in (*serialization.HUB_KWARGS, "config", "adapter_kwargs")
+            }
+            return serialization.load_peft_reward_feature_model(
+                cls,
+                pretrained_model_name_or_path,
+                config,
+                head,
+                user_weights=user_weights,
+                backbone=backbone,
+                is_trainable=is_trainable,
+                hub_kwargs=hub_kwargs,
+                **model_kwargs,
+            )
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # `output_loading_info=True`
+        serialization.attach_user_weights(model, pretrained_model_name_or_path, head, user_weights, hub_kwargs)
+        return loaded
 
 
 def _config_kwargs(model_init_kwargs: dict) -> dict:

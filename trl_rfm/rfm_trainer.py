@@ -15,7 +15,9 @@ What it changes in TRL's trainer, and why:
   has its prior).
 """
 
+import contextlib
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -30,8 +32,11 @@ from trl.trainer.utils import create_model_from_path
 
 from .configuration_rfm import RewardFeatureConfig
 from .feature_geometry import feature_covariance_penalty
+from .model_card import build_model_card, personalize_model_card
 from .modeling_rfm import POPULATION_INDEX, RewardFeatureModel, normalize_user_id
 from .rfm_config import RFMConfig
+from .serialization import ADAPTER_SAFE_WEIGHTS_NAME, restore_checkpoint, save_reward_feature_model, uploads_excluding
+from .user_weights_io import USER_WEIGHTS_NAME
 
 
 DEFAULT_USER_COLUMN = "user_id"
@@ -314,3 +319,111 @@ class RFMRewardTrainer(RewardTrainer):
         learning_rate = self.args.user_weights_learning_rate or self.args.learning_rate
         optimizer.add_param_group({"params": user_parameters, "lr": learning_rate, "weight_decay": 0.0})
         return optimizer
+
+    # ------------------------------------------------------------------ checkpoints, model card, Hub
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # Full and LoRA models are saved in trl-rfm's layout (see `trl_rfm.serialization`): atomically, with the users'
+        # ids and rows in `user_weights.safetensors` (so that every checkpoint can be resumed with the same users),
+        # and for LoRA without the user table in the adapter file and with the model's config.json.
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        base_model = model.get_base_model() if is_peft_model(model) else model
+        if not isinstance(base_model, RewardFeatureModel):
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save and not getattr(self, "is_distributed_loading_by_transformers", False):
+            return
+        save_reward_feature_model(
+            model,
+            output_dir,
+            state_dict=state_dict,
+            is_main_process=self.args.should_save,
+            model_card=self._build_model_card() if self.args.should_save else False,
+        )
+        if self.args.should_save:  # what `Trainer._save` adds beside the model
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        model = self.model if model is None else model
+        if is_peft_model(model) and os.path.isfile(os.path.join(resume_from_checkpoint, ADAPTER_SAFE_WEIGHTS_NAME)):
+            # PEFT's `load_adapter` needs the user table in the adapter file, where trl-rfm does not keep it.
+            restore_checkpoint(model, resume_from_checkpoint, load_model_weights=True)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        restore_checkpoint(model, resume_from_checkpoint, load_model_weights=False)
+
+    def _load_best_model(self) -> None:
+        checkpoint = self.state.best_model_checkpoint
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:  # their own checkpoints hold the whole model
+            return super()._load_best_model()
+        if is_peft_model(self.model) and os.path.isfile(os.path.join(checkpoint, ADAPTER_SAFE_WEIGHTS_NAME)):
+            restore_checkpoint(self.model, checkpoint, load_model_weights=True)
+            return
+        super()._load_best_model()
+        restore_checkpoint(self.model, checkpoint, load_model_weights=False)
+
+    def _latest_eval_metrics(self) -> dict[str, float] | None:
+        for entry in reversed(self.state.log_history):
+            if "eval_accuracy" in entry:
+                return entry
+        return None
+
+    def _build_model_card(self):
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        base_model = model.get_base_model() if is_peft_model(model) else model
+        hub_model_id = self.args.hub_model_id
+        return build_model_card(
+            base_model,
+            model_name=(hub_model_id or self.args.output_dir).rstrip("/").split("/")[-1],
+            hub_model_id=hub_model_id,
+            tags=list(self._tag_names),
+            is_adapter=is_peft_model(model),
+            num_training_users=len(self._user_vocabulary),
+            includes_user_weights=getattr(self, "_pushing_user_weights", None),
+            eval_results=self._latest_eval_metrics(),
+        )
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """TRL's model card, with the Reward Feature Model's metadata and sections (see `trl_rfm.model_card`)."""
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        path = os.path.join(self.args.output_dir, "README.md")
+        if not self.is_world_process_zero() or not os.path.isfile(path):
+            return
+        from huggingface_hub import ModelCard
+
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        card = personalize_model_card(
+            ModelCard.load(path),
+            model.get_base_model() if is_peft_model(model) else model,
+            hub_model_id=self.hub_model_id,
+            is_adapter=is_peft_model(model),
+            num_training_users=len(self._user_vocabulary),
+            includes_user_weights=getattr(self, "_pushing_user_weights", None),
+            eval_results=self._latest_eval_metrics(),
+        )
+        card.save(path)
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
+                    revision=None, private=None, push_user_weights: bool = False, **kwargs):
+        """
+        `Trainer.push_to_hub`, except that the users' weights (`user_weights.safetensors`, personal data) are left out
+        of the upload unless `push_user_weights=True`. Without them the repo is a population model that adapts to new
+        users; the local `output_dir` keeps them.
+        """
+        exclusion = contextlib.nullcontext() if push_user_weights else uploads_excluding([f"*{USER_WEIGHTS_NAME}"])
+        self._pushing_user_weights = push_user_weights
+        try:
+            with exclusion:
+                return super().push_to_hub(
+                    commit_message=commit_message, blocking=blocking, token=token, revision=revision,
+                    private=private, **kwargs,
+                )
+        finally:
+            del self._pushing_user_weights
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # Checkpoint uploads (`push_to_hub=True`, `hub_strategy`) never include user weights; publishing them is an
+        # explicit `push_to_hub(push_user_weights=True)`.
+        with uploads_excluding([f"*{USER_WEIGHTS_NAME}"]):
+            super()._push_from_checkpoint(checkpoint_folder)
