@@ -128,11 +128,12 @@ def test_posterior_shrinks_with_more_pairs_and_predicts_calibrated():
 def test_select_l2_finds_the_true_prior_precision(method):
     # Users drawn from N(0, I / 4): the right precision is 4, far from the default 1 and from the grid ends.
     generator = torch.Generator().manual_seed(0)
-    true_weights = torch.randn(400, 8, generator=generator, dtype=torch.float64) * 0.5
-    x = torch.randn(400, 20, 8, generator=generator, dtype=torch.float64)
+    true_weights = torch.randn(300, 8, generator=generator, dtype=torch.float64) * 0.5
+    x = torch.randn(300, 20, 8, generator=generator, dtype=torch.float64)
     p = torch.sigmoid(torch.einsum("upd,ud->up", x, true_weights))
     targets = (torch.rand(p.shape, generator=generator, dtype=torch.float64) < p).double()
-    selection = select_l2(x, targets=targets, method=method)
+    candidates = [2.0**k for k in range(-4, 7)]
+    selection = select_l2(x, targets=targets, candidates=candidates, method=method, num_folds=3)
     assert selection.method == method and len(selection.scores) == len(selection.candidates)
     assert 1.0 < selection.l2 < 16.0
 
