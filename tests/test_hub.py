@@ -39,10 +39,8 @@ class FakeHub:
             target = folder / operation.path_in_repo
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(operation.path_or_fileobj, target)
-        self.commits.append(
-            {"repo_id": repo_id, "message": commit_message, "files": sorted(op.path_in_repo for op in operations),
-             "folder": folder, **kwargs}
-        )
+        files = sorted(operation.path_in_repo for operation in operations)
+        self.commits.append({"repo_id": repo_id, "message": commit_message, "files": files, "folder": folder, **kwargs})
         return CommitInfo(
             commit_url=f"https://huggingface.co/{repo_id}/commit/{'0' * 40}",
             commit_message=commit_message,
@@ -136,8 +134,11 @@ def _trainer(tmp_path, tokenizer, **overrides):
         hub_model_id="someone/rfm-run",
     )
     return RFMRewardTrainer(
-        model=str(tmp_path / "lm"), args=RFMConfig(**{**args, **overrides}), train_dataset=data.train,
-        eval_dataset=data.train, processing_class=tokenizer,
+        model=str(tmp_path / "lm"),
+        args=RFMConfig(**{**args, **overrides}),
+        train_dataset=data.train,
+        eval_dataset=data.train,
+        processing_class=tokenizer,
     )
 
 

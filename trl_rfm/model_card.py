@@ -45,7 +45,7 @@ def build_model_card(
     includes_user_weights: bool | None = None,
     eval_results: dict[str, float] | None = None,
 ) -> ModelCard:
-    """A model card for `model` (a [`RewardFeatureModel`]) built by TRL's card generator, see [`personalize_model_card`]."""
+    """A model card for `model` (a [`RewardFeatureModel`]): TRL's reward-model card, see [`personalize_model_card`]."""
     from trl.trainer.utils import generate_model_card
 
     model_name = model_name or (hub_model_id.split("/")[-1] if hub_model_id else "reward-feature-model")
@@ -118,7 +118,7 @@ def _rfm_section(model, repo, is_adapter, num_training_users, includes_user_weig
             "`push_to_hub` leaves them out unless asked (`push_user_weights=True`)."
         )
     elif includes_user_weights:
-        users = "Their weights and ids are in `user_weights.safetensors` (uploaded on request: they are personal data)."
+        users = "Their weights and ids are in `user_weights.safetensors` (uploaded on request: personal data)."
     else:
         users = (
             "Their weights are personal data and are **not** in this repository: the model scores everyone with the "

@@ -404,8 +404,16 @@ class RFMRewardTrainer(RewardTrainer):
         )
         card.save(path)
 
-    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
-                    revision=None, private=None, push_user_weights: bool = False, **kwargs):
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        push_user_weights: bool = False,
+        **kwargs,
+    ):
         """
         `Trainer.push_to_hub`, except that the users' weights (`user_weights.safetensors`, personal data) are left out
         of the upload unless `push_user_weights=True`. Without them the repo is a population model that adapts to new
@@ -416,8 +424,12 @@ class RFMRewardTrainer(RewardTrainer):
         try:
             with exclusion:
                 return super().push_to_hub(
-                    commit_message=commit_message, blocking=blocking, token=token, revision=revision,
-                    private=private, **kwargs,
+                    commit_message=commit_message,
+                    blocking=blocking,
+                    token=token,
+                    revision=revision,
+                    private=private,
+                    **kwargs,
                 )
         finally:
             del self._pushing_user_weights

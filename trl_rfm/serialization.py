@@ -13,10 +13,10 @@ A saved model is an ordinary transformers (full) or PEFT (LoRA) directory plus o
 Without the user file the directory is a complete population model (it scores everyone with `w_pop` and adapts new
 users), which is what `push_to_hub` uploads by default.
 
-Saves are staged in a temporary sibling folder and moved into place: onto a missing or empty destination by one atomic
-rename; into a non-empty one file by file, stale weights removed first and the user file last. A save interrupted at any
-point leaves either the previous model, or a mix the loader rejects: the user file carries a fingerprint of the feature
-head it belongs to, checked at every load.
+Saves are staged in a temporary sibling folder and moved into place: onto a missing or empty destination by one
+atomic rename; into a non-empty one file by file, stale weights removed first and the user file last. A save
+interrupted at any point leaves either the previous model, or a mix the loader rejects: the user file carries a
+fingerprint of the feature head it belongs to, checked at every load.
 """
 
 import contextlib
@@ -280,7 +280,9 @@ def save_reward_feature_model(
     save_kwargs.pop("safe_serialization", None)  # always safetensors
     if not is_main_process:
         if not peft:
-            PreTrainedModel.save_pretrained(model, save_directory, is_main_process=False, state_dict=state_dict, **save_kwargs)
+            PreTrainedModel.save_pretrained(
+                model, save_directory, is_main_process=False, state_dict=state_dict, **save_kwargs
+            )
         return
     user_ids = base.user_ids
     if table.shape[0] != len(user_ids):
@@ -474,15 +476,23 @@ def load_adapter_weights(peft_model, head: FeatureHead, user_table: torch.Tensor
 
 
 def load_peft_reward_feature_model(
-    model_class, path_or_repo, config, head: FeatureHead, *, user_weights, backbone, is_trainable: bool,
-    hub_kwargs: dict, **model_kwargs,
+    model_class,
+    path_or_repo,
+    config,
+    head: FeatureHead,
+    *,
+    user_weights,
+    backbone,
+    is_trainable: bool,
+    hub_kwargs: dict,
+    **model_kwargs,
 ):
     """Loads a LoRA Reward Feature Model: the trunk, the users, then the adapter (LoRA, feature head, population
     weights). Returns a `peft.PeftModel`."""
     from peft import PeftConfig, PeftModel
 
     peft_config = PeftConfig.from_pretrained(str(path_or_repo), **hub_kwargs)
-    backbone = backbone or peft_config.base_model_name_or_path or getattr(config.text_config, "_name_or_path", None)
+    backbone = backbone or peft_config.base_model_name_or_path or getattr(config.text_config, "_name_or_path", "")
     if not backbone:
         raise ValueError(
             f"{path_or_repo} is a LoRA adapter whose trunk is unknown (no `base_model_name_or_path` in "

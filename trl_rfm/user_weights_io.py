@@ -84,13 +84,13 @@ def load_user_weights(
     weights_file: str | None = None,
 ) -> UserWeightsFile:
     """
-    Reads and validates a user-weights file. Every problem raises a [`UserWeightsFileError`] (a `ValueError`) naming the
-    file and the mismatch; a missing file raises `FileNotFoundError`.
+    Reads and validates a user-weights file. Every problem raises a [`UserWeightsFileError`] (a `ValueError`) naming
+    the file and the mismatch; a missing file raises `FileNotFoundError`.
 
     Args:
         path: the `user_weights.safetensors` file.
         num_features: the model's feature dimension `d`, which the rows must have.
-        expected_fingerprint: [`feature_fingerprint`] of the model's feature head; the file must have been saved for it.
+        expected_fingerprint: [`feature_fingerprint`] of the model's feature head, which the file must be saved for.
         weights_file: name of the file holding that feature head, for the error message.
     """
     if not os.path.isfile(path):
@@ -118,7 +118,7 @@ def load_user_weights(
     if not isinstance(user_ids, list) or not all(isinstance(u, str) for u in user_ids):
         raise UserWeightsFileError(f"{path}: the `user_ids` metadata must be a JSON list of strings.")
     if weights.ndim != 2:
-        raise UserWeightsFileError(f"{path}: the user table must be [users, features], got shape {tuple(weights.shape)}.")
+        raise UserWeightsFileError(f"{path}: the user table must be [users, features], not {tuple(weights.shape)}.")
     if len(user_ids) != weights.shape[0]:
         raise UserWeightsFileError(
             f"{path}: its vocabulary has {len(user_ids)} user ids but its table has {weights.shape[0]} rows."
