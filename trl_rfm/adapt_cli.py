@@ -1,0 +1,97 @@
+"""
+`trl-rfm adapt`: personalise a trained Reward Feature Model to new users from a file of their comparisons.
+
+    trl-rfm adapt --model_name_or_path my-rfm --comparisons_file alice.jsonl --user_id alice --output_dir my-rfm-alice
+
+The comparisons (JSON/JSONL/CSV/Parquet, any TRL preference format: `prompt`/`chosen`/`rejected` or implicit prompt)
+go through the frozen model once; each user's weights are then a regularised logistic regression centred on the
+population weights. The model is written with the users added (or replaced), or with `--weights_only` just their
+weights, as a `user_weights.safetensors` file.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+from rich.console import Console
+
+
+@dataclass
+class AdaptArguments:
+    model_name_or_path: str = field(metadata={"help": "The trained Reward Feature Model (path or Hub id)."})
+    comparisons_file: str = field(metadata={"help": "The users' comparisons: .json, .jsonl, .csv or .parquet."})
+    output_dir: str = field(metadata={"help": "Where to write the model with the users (or their weights alone)."})
+    user_id: str | None = field(
+        default=None,
+        metadata={"help": "Id of the user, when the file has no user column (all its comparisons are theirs)."},
+    )
+    user_column: str = field(default="user_id", metadata={"help": "Column with the user id of each comparison."})
+    l2: str = field(
+        default="model",
+        metadata={
+            "help": "Prior precision: `model` (the spread of the model's training users' weights), `evidence` "
+            "(chosen by marginal likelihood across the users of the file) or a number."
+        },
+    )
+    weights_only: bool = field(
+        default=False,
+        metadata={"help": "Write only the new users' weights (user_weights.safetensors), not the whole model."},
+    )
+    batch_size: int = field(default=64, metadata={"help": "Comparisons per backbone batch."})
+    max_length: int | None = field(default=None, metadata={"help": "Truncation length of the sequences."})
+
+
+def run_adapt(args: AdaptArguments):
+    from datasets import load_dataset
+    from transformers import AutoTokenizer
+
+    from .adaptation import adapt_users
+    from .modeling_rfm import RewardFeatureModel, normalize_user_id
+    from .user_weights_io import USER_WEIGHTS_NAME, feature_fingerprint, save_user_weights
+
+    console = Console()
+    if args.weights_only and os.path.abspath(args.output_dir) == os.path.abspath(args.model_name_or_path):
+        raise ValueError("With --weights_only, --output_dir must differ from the model's folder (it would replace "
+                         "the model's user table by the new users alone).")
+    extension = os.path.splitext(args.comparisons_file)[1].lstrip(".").lower()
+    builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(extension)
+    if builder is None:
+        raise ValueError(f"Unsupported comparisons file {args.comparisons_file!r}: use .json, .jsonl, .csv or .parquet.")
+    comparisons = load_dataset(builder, data_files=args.comparisons_file, split="train")
+    if args.user_id is not None:
+        user_id = normalize_user_id(args.user_id)  # rejects an empty id with a clear message
+        if args.user_column in comparisons.column_names:
+            raise ValueError(f"Pass either --user_id or a file with a {args.user_column!r} column, not both.")
+        comparisons = comparisons.add_column(args.user_column, [user_id] * len(comparisons))
+    elif args.user_column not in comparisons.column_names:
+        raise ValueError(
+            f"{args.comparisons_file} has no {args.user_column!r} column; pass --user_id to give all its comparisons "
+            "to one user."
+        )
+
+    model = RewardFeatureModel.from_pretrained(args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+    l2 = None if args.l2 == "model" else args.l2 if args.l2 == "evidence" else float(args.l2)
+    user_ids, weights = adapt_users(
+        model, tokenizer, comparisons, args.user_column, l2=l2, batch_size=args.batch_size, max_length=args.max_length
+    )
+    os.makedirs(args.output_dir, exist_ok=True)
+    if args.weights_only:
+        path = os.path.join(args.output_dir, USER_WEIGHTS_NAME)
+        save_user_weights(path, user_ids, weights, feature_fingerprint(model.feature_head.weight))
+    else:
+        model.save_pretrained(args.output_dir)
+        tokenizer.save_pretrained(args.output_dir)
+        path = args.output_dir
+    counts = {u: 0 for u in user_ids}
+    for u in comparisons[args.user_column]:
+        counts[normalize_user_id(u)] += 1
+    summary = ", ".join(f"{u} ({n} comparisons)" for u, n in list(counts.items())[:10])
+    console.print(f"Adapted {len(user_ids)} user(s): {summary}{' ...' if len(user_ids) > 10 else ''} -> {path}")
+    return model, user_ids
+
+
+def main(argv: list[str] | None = None) -> None:
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(AdaptArguments).parse_args_into_dataclasses(args=argv)
+    run_adapt(args)
