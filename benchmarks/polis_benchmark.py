@@ -1,0 +1,435 @@
+"""
+Polis benchmark: personalised reward models on real per-person opinions, evaluated on participants never seen in
+training, as a function of the number `k` of their comparisons used to adapt.
+
+Data: six English Polis conversations (`../shared/data/polis`). Pairs are *derived from votes*: within one participant
+and one conversation, a statement they agreed with is preferred to one they disagreed with (prompt = the
+conversation's topic). Attribution (CC BY 4.0): Data was gathered using the Polis software (compdemocracy.org/polis)
+and is sub-licensed under CC BY 4.0 with Attribution to The Computational Democracy Project.
+
+Protocol, per seed (no leakage: every split is made on votes, before pairs are formed):
+1. participants are split 80/20 into training and held-out participants;
+2. each training participant's votes are split 80/20 into `train` (pairs for training) and `val` (pairs for choosing
+   the adaptation prior, and for seen-user accuracy); each held-out participant's votes are split 50/50 into
+   `adaptation` (the `k` pairs come from here) and `test`;
+3. a small word-level transformer is trained from scratch on the `train` pairs, twice on the same initialisation:
+   as an RFM with `RFMRewardTrainer` (d features, one weight row per training participant) and as a non-adaptive
+   reward model with stock `trl.RewardTrainer`;
+4. held-out participants: the RFM fits their weights on frozen features from `k` adaptation pairs (MAP logistic
+   regression, prior centred on the population weights with its precision chosen by the evidence of the training
+   participants' `val` pairs); the linear adaptive baseline does the same on the frozen last hidden state of the
+   non-adaptive model (prior centred on its score head, so that k = 0 is the non-adaptive model itself). Accuracy is
+   over the `test` pairs of every held-out participant (pooled); `k` larger than a participant's adaptation pairs
+   uses all of them.
+
+    python benchmarks/polis_benchmark.py                          # 3 seeds, writes runs/polis/results.json + figure
+    python benchmarks/polis_benchmark.py --seeds 0 --methods rfm --user_weights_learning_rate 3e-2   # one variant
+
+The evaluation helpers here (`train_rfm`, `train_reward_model`, `adaptation_curve`, ...) are also used by
+`benchmarks/synthetic_sweep.py`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import datasets  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import AutoModelForSequenceClassification, HfArgumentParser  # noqa: E402
+from trl import RewardConfig, RewardTrainer  # noqa: E402
+from trl.trainer.utils import pad  # noqa: E402
+
+from trl_rfm import (  # noqa: E402
+    RFMConfig,
+    RFMRewardTrainer,
+    build_tiny_causal_lm,
+    build_tokenizer,
+    compute_feature_differences,
+    effective_dimension,
+    fit_user_weights,
+    group_by_user,
+    prior_from_model,
+    select_l2,
+    tokenize_preferences,
+)
+from trl_rfm.data import load_polis_votes, make_polis_pairs, split_polis_votes, split_users  # noqa: E402
+
+
+POLIS_ATTRIBUTION = (
+    "Data was gathered using the Polis software (compdemocracy.org/polis) and is sub-licensed under CC BY 4.0 with "
+    "Attribution to The Computational Democracy Project."
+)
+DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "polis")
+
+
+@dataclass
+class ModelArguments:
+    """Backbone, training and RFM options shared by the Polis benchmark and the synthetic sweep."""
+
+    hidden_size: int = field(default=64, metadata={"help": "Hidden size of the from-scratch transformer."})
+    num_layers: int = field(default=2, metadata={"help": "Transformer layers."})
+    num_features: int = field(default=32, metadata={"help": "RFM feature dimension d."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs (both trainers)."})
+    batch_size: int = field(default=64, metadata={"help": "Pairs per training step."})
+    learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the backbone (both trainers)."})
+    user_weights_learning_rate: float | None = field(
+        default=None, metadata={"help": "RFM user-table learning rate; unset: the RFMConfig default."}
+    )
+    user_weights_l2: float | None = field(default=None, metadata={"help": "RFM prior; unset: RFMConfig default."})
+    feature_normalization: str | None = field(default=None, metadata={"help": "`rms`/`none`; unset: default."})
+    feature_covariance_l2: float | None = field(default=None, metadata={"help": "Unset: RFMConfig default."})
+    population_loss_weight: float | None = field(default=None, metadata={"help": "Unset: RFMConfig default."})
+    num_threads: int = field(
+        default=1, metadata={"help": "Torch CPU threads (1 is fastest for this tiny model on a busy machine)."}
+    )
+
+
+@dataclass
+class PolisArguments(ModelArguments):
+    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Folder of the Polis conversations."})
+    conversations: str | None = field(default=None, metadata={"help": "Comma-separated conversations (default all)."})
+    seeds: str = field(default="0,1,2", metadata={"help": "Comma-separated seeds (one split + training each)."})
+    heldout_fraction: float = field(default=0.2, metadata={"help": "Fraction of participants held out."})
+    max_train_pairs_per_user: int = field(default=24, metadata={"help": "Cap on training pairs per participant."})
+    max_eval_pairs_per_user: int = field(default=64, metadata={"help": "Cap on adaptation/test pairs per participant."})
+    max_val_pairs_per_user: int = field(default=16, metadata={"help": "Cap on `val` pairs per training participant."})
+    max_users: int | None = field(default=None, metadata={"help": "Keep only this many participants (smoke tests)."})
+    shots: str = field(default="0,5,20,50", metadata={"help": "Comma-separated k."})
+    num_draws: int = field(default=5, metadata={"help": "Random draws of the k adaptation pairs."})
+    methods: str = field(default="rfm,rm,linear", metadata={"help": "Subset of rfm, rm (non-adaptive), linear."})
+    output_dir: str = field(default="runs/polis", metadata={"help": "Where results.json is written."})
+    figure: str | None = field(
+        default="docs/figures/polis_accuracy_vs_k.png", metadata={"help": "Plot path (empty: no plot)."}
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def _overrides(args: ModelArguments) -> dict:
+    names = (
+        "user_weights_learning_rate",
+        "user_weights_l2",
+        "feature_normalization",
+        "feature_covariance_l2",
+        "population_loss_weight",
+    )
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _trainer_kwargs(args: ModelArguments, output_dir: str, seed: int, num_pairs: int) -> dict:
+    steps = int(np.ceil(num_pairs / args.batch_size) * args.num_train_epochs)
+    return dict(
+        output_dir=output_dir,
+        num_train_epochs=args.num_train_epochs,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, steps // 20),
+        logging_steps=max(1, steps // 5),
+        save_strategy="no",
+        report_to="none",
+        bf16=False,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=seed,
+        data_seed=seed,
+        dataset_num_proc=None,
+    )
+
+
+def build_backbone(tokenizer, args: ModelArguments, seed: int):
+    return build_tiny_causal_lm(
+        tokenizer,
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.num_layers,
+        num_attention_heads=max(1, args.hidden_size // 16),
+        intermediate_size=2 * args.hidden_size,
+        seed=seed,
+    )
+
+
+def train_rfm(train: Dataset, tokenizer, args: ModelArguments, seed: int):
+    """An RFM trained from scratch on `train` (rows with `user_id`) through `RFMRewardTrainer`."""
+    backbone = build_backbone(tokenizer, args, seed)
+    with tempfile.TemporaryDirectory() as output_dir:
+        config = RFMConfig(
+            num_features=args.num_features, **_overrides(args), **_trainer_kwargs(args, output_dir, seed, len(train))
+        )
+        trainer = RFMRewardTrainer(model=backbone, args=config, train_dataset=train, processing_class=tokenizer)
+        trainer.train()
+    model = trainer.model.eval()
+    return model, config
+
+
+def train_reward_model(train: Dataset, tokenizer, args: ModelArguments, seed: int):
+    """The non-adaptive baseline: stock `trl.RewardTrainer` on the same backbone initialisation and pairs."""
+    backbone = build_backbone(tokenizer, args, seed)
+    config = copy.deepcopy(backbone.config)
+    config.num_labels = 1
+    model = AutoModelForSequenceClassification.from_config(config)
+    model.model.load_state_dict(backbone.model.state_dict())  # same trunk initialisation as the RFM's
+    model.config.pad_token_id = tokenizer.pad_token_id
+    with tempfile.TemporaryDirectory() as output_dir:
+        config = RewardConfig(**_trainer_kwargs(args, output_dir, seed, len(train)))
+        trainer = RewardTrainer(
+            model=model,
+            args=config,
+            train_dataset=train.select_columns(["prompt", "chosen", "rejected"]),
+            processing_class=tokenizer,
+        )
+        trainer.train()
+    return trainer.model.eval()
+
+
+# ---------------------------------------------------------------------------------------------------- features
+@torch.no_grad()
+def reward_model_hidden_differences(model, tokenizer, dataset: Dataset, batch_size: int = 256) -> torch.Tensor:
+    """`h(x, chosen) - h(x, rejected)` of a sequence-classification reward model, where `h` is the last hidden
+    state its score head reads (so `score(h_c - h_r)` is its reward margin): `[pairs, H]`."""
+    tokenized = tokenize_preferences(dataset, tokenizer)
+    out = []
+    for start in range(0, len(tokenized), batch_size):
+        rows = tokenized[start : start + batch_size]
+        sequences = [torch.tensor(ids) for ids in rows["chosen_ids"] + rows["rejected_ids"]]
+        input_ids = pad(sequences, padding_value=tokenizer.pad_token_id, padding_side="right")
+        attention_mask = pad([torch.ones_like(s) for s in sequences], padding_value=0, padding_side="right")
+        hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        last = attention_mask.sum(-1) - 1
+        h = hidden[torch.arange(hidden.shape[0]), last].float()
+        chosen, rejected = h.chunk(2)
+        out.append(chosen - rejected)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def response_features(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 256):
+    """`phi(x, y)` of individual responses (tokenised exactly as in training): `[N, d]`."""
+    data = Dataset.from_dict({"prompt": prompts, "chosen": responses, "rejected": responses})
+    tokenized = tokenize_preferences(data, tokenizer)
+    out = []
+    for start in range(0, len(tokenized), batch_size):
+        sequences = [torch.tensor(ids) for ids in tokenized[start : start + batch_size]["chosen_ids"]]
+        input_ids = pad(sequences, padding_value=tokenizer.pad_token_id, padding_side="right")
+        attention_mask = pad([torch.ones_like(s) for s in sequences], padding_value=0, padding_side="right")
+        out.append(model.reward_features(input_ids=input_ids, attention_mask=attention_mask).float())
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+def adaptation_curve(
+    adapt_x: torch.Tensor,
+    adapt_mask: torch.Tensor,
+    test_x: torch.Tensor,
+    test_mask: torch.Tensor,
+    prior_mean: torch.Tensor,
+    l2: float,
+    shots: list[int],
+    num_draws: int,
+    seed: int,
+) -> dict[int, float]:
+    """Pooled test accuracy of held-out users after fitting their weights on `k` of their adaptation pairs (all of
+    them when a user has fewer), averaged over `num_draws` random draws; `k = 0` is the prior mean."""
+    rng = np.random.default_rng(seed)
+    counts = adapt_mask.sum(-1).long()
+    curve = {}
+    for k in shots:
+        accuracies = []
+        for _ in range(num_draws if k > 0 else 1):
+            mask = torch.zeros_like(adapt_mask)
+            if k > 0:
+                for u, n in enumerate(counts.tolist()):
+                    mask[u, rng.permutation(n)[: min(k, n)]] = 1
+            weights = fit_user_weights(adapt_x, mask, prior_mean, l2)  # [U, d]
+            margins = torch.einsum("upd,ud->up", test_x, weights)
+            accuracies.append((((margins > 0).float() * test_mask).sum() / test_mask.sum()).item())
+        curve[k] = float(np.mean(accuracies))
+    return curve
+
+
+def grouped(differences: torch.Tensor, user_ids: list[str], users: list[str]):
+    """`group_by_user`, re-ordered (and padded with empty users) to the fixed user order `users`."""
+    x, mask, found = group_by_user(differences, user_ids)
+    index = {u: i for i, u in enumerate(found)}
+    out = torch.zeros(len(users), x.shape[1], x.shape[2])
+    out_mask = torch.zeros(len(users), x.shape[1])
+    for i, u in enumerate(users):
+        if u in index:
+            out[i], out_mask[i] = x[index[u]], mask[index[u]]
+    return out, out_mask
+
+
+def evaluate_features(diffs: dict[str, torch.Tensor], parts: dict[str, Dataset], prior_mean, shots, num_draws, seed):
+    """Adaptation curve of one frozen feature map; the prior precision is chosen by the evidence of the training
+    users' `val` pairs (never by held-out answers)."""
+    val_x, val_mask, _ = group_by_user(diffs["val"], parts["val"]["user_id"])
+    l2 = select_l2(val_x, val_mask, prior_mean).l2
+    users = sorted(set(parts["heldout_test"]["user_id"]))
+    adapt_x, adapt_mask = grouped(diffs["heldout_adaptation"], parts["heldout_adaptation"]["user_id"], users)
+    test_x, test_mask = grouped(diffs["heldout_test"], parts["heldout_test"]["user_id"], users)
+    curve = adaptation_curve(adapt_x, adapt_mask, test_x, test_mask, prior_mean, l2, shots, num_draws, seed)
+    return curve, l2
+
+
+# ---------------------------------------------------------------------------------------------------- Polis
+def polis_parts(args: PolisArguments, seed: int) -> tuple[dict[str, Dataset], list[str]]:
+    conversations = args.conversations.split(",") if args.conversations else None
+    votes = load_polis_votes(args.data_dir, conversations)
+    if args.max_users is not None:
+        keep = set(sorted(set(votes["user_id"]), key=lambda u: hash((seed, u)) % 10**9)[: args.max_users])
+        votes = votes.filter(lambda row: row["user_id"] in keep)
+    texts = sorted(set(votes["statement"]) | set(votes["topic"]))
+    users = split_users(votes, heldout_fraction=args.heldout_fraction, seed=seed)
+    seen = split_polis_votes(users["train"], {"train": 0.8, "val": 0.2}, seed=seed)
+    heldout = split_polis_votes(users["heldout"], {"adaptation": 0.5, "test": 0.5}, seed=seed)
+    caps = {"train": args.max_train_pairs_per_user, "val": args.max_val_pairs_per_user}
+    parts = {}
+    for name, part in [*seen.items(), *((f"heldout_{n}", p) for n, p in heldout.items())]:
+        pairs = make_polis_pairs(part, caps.get(name, args.max_eval_pairs_per_user), seed)
+        # The topic is glued to the statement by TRL (prompt + chosen): a separator keeps the words apart.
+        parts[name] = pairs.map(lambda row: {"prompt": row["prompt"] + " :"})
+    return parts, texts
+
+
+def run_seed(args: PolisArguments, seed: int) -> dict:
+    start = time.time()
+    parts, texts = polis_parts(args, seed)
+    tokenizer = build_tokenizer(texts + [" :"])
+    shots = [int(k) for k in args.shots.split(",")]
+    methods = args.methods.split(",")
+    result = {
+        "seed": seed,
+        "pairs": {name: len(part) for name, part in parts.items()},
+        "heldout_users": len(set(parts["heldout_test"]["user_id"])),
+        "training_users": len(set(parts["train"]["user_id"])),
+    }
+    print(f"[seed {seed}] {result['pairs']}", flush=True)
+    if "rfm" in methods:
+        t = time.time()
+        model, config = train_rfm(parts["train"], tokenizer, args, seed)
+        result["rfm_train_seconds"] = time.time() - t
+        names = ["val", "heldout_adaptation", "heldout_test"]
+        diffs = {n: compute_feature_differences(model, tokenizer, parts[n], 256, show_progress=False) for n in names}
+        population, model_l2 = prior_from_model(model)
+        curve, l2 = evaluate_features(diffs, parts, population, shots, args.num_draws, seed)
+        statements = sorted(set(zip(parts["heldout_test"]["prompt"], parts["heldout_test"]["chosen"])))
+        phi = response_features(model, tokenizer, [p for p, _ in statements], [s for _, s in statements])
+        val_x, val_mask, val_users = group_by_user(diffs["val"], parts["val"]["user_id"])
+        # Training participants with no training pair (all their train votes one way) score with the population.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            personal = model.get_user_weights(val_users, strict=False).float().cpu()
+        seen_margin = torch.einsum("upd,ud->up", val_x, personal)
+        pop_margin = torch.einsum("upd,d->up", val_x, population)
+        result["rfm"] = {
+            "curve": curve,
+            "l2": l2,
+            "model_prior_l2": model_l2,
+            "effective_dimension": effective_dimension(phi),
+            "seen_users_personal_accuracy": (((seen_margin > 0).float() * val_mask).sum() / val_mask.sum()).item(),
+            "seen_users_population_accuracy": (((pop_margin > 0).float() * val_mask).sum() / val_mask.sum()).item(),
+            "config": {k: getattr(config, k) for k in ("num_features", "feature_normalization", "user_weights_l2",
+                                                       "user_weights_learning_rate", "feature_covariance_l2",
+                                                       "learning_rate", "num_train_epochs")},
+        }
+        print(f"[seed {seed}] rfm {result['rfm']}", flush=True)
+    if "rm" in methods or "linear" in methods:
+        t = time.time()
+        rm = train_reward_model(parts["train"], tokenizer, args, seed)
+        result["rm_train_seconds"] = time.time() - t
+        names = ["val", "heldout_adaptation", "heldout_test"]
+        diffs = {n: reward_model_hidden_differences(rm, tokenizer, parts[n]) for n in names}
+        head = rm.score.weight[0].detach().float()
+        test_x, test_mask = grouped(diffs["heldout_test"], parts["heldout_test"]["user_id"],
+                                    sorted(set(parts["heldout_test"]["user_id"])))
+        margins = torch.einsum("upd,d->up", test_x, head)
+        result["rm"] = {"accuracy": (((margins > 0).float() * test_mask).sum() / test_mask.sum()).item()}
+        if "linear" in methods:
+            curve, l2 = evaluate_features(diffs, parts, head, shots, args.num_draws, seed)
+            result["linear"] = {"curve": curve, "l2": l2}
+        print(f"[seed {seed}] rm {result['rm']} linear {result.get('linear')}", flush=True)
+    result["seconds"] = time.time() - start
+    return result
+
+
+def summarize(results: list[dict], shots: list[int]) -> dict:
+    """Mean and standard deviation over seeds of accuracy and of the gain over the non-adaptive model, per k."""
+    summary = {}
+    for method in ("rfm", "linear"):
+        if method not in results[0]:
+            continue
+        rows = {}
+        for k in shots:
+            acc = np.array([r[method]["curve"][k] for r in results])
+            row = {"accuracy": (acc.mean(), acc.std())}
+            if "rm" in results[0]:
+                gain = acc - np.array([r["rm"]["accuracy"] for r in results])
+                row["gain_over_rm"] = (gain.mean(), gain.std())
+            base = np.array([r[method]["curve"][shots[0]] for r in results])
+            row["gain_over_k0"] = ((acc - base).mean(), (acc - base).std())
+            rows[k] = row
+        summary[method] = rows
+    if "rm" in results[0]:
+        acc = np.array([r["rm"]["accuracy"] for r in results])
+        summary["rm"] = {"accuracy": (acc.mean(), acc.std())}
+    if "rfm" in results[0]:
+        ed = np.array([r["rfm"]["effective_dimension"] for r in results])
+        summary["rfm_effective_dimension"] = (ed.mean(), ed.std())
+    return summary
+
+
+def plot(results: list[dict], shots: list[int], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    labels = {"rfm": "RFM (adapted)", "linear": "linear head on frozen RM features"}
+    for method, label in labels.items():
+        if method in results[0]:
+            acc = 100 * np.array([[r[method]["curve"][k] for k in shots] for r in results])
+            ax.errorbar(shots, acc.mean(0), yerr=acc.std(0), marker="o", capsize=3, label=label)
+    if "rm" in results[0]:
+        acc = 100 * np.array([r["rm"]["accuracy"] for r in results])
+        ax.axhline(acc.mean(), color="gray", ls="--", label="non-adaptive RM (trl.RewardTrainer)")
+        ax.axhspan(acc.mean() - acc.std(), acc.mean() + acc.std(), color="gray", alpha=0.15)
+    ax.set_xlabel("k (comparisons of the held-out participant)")
+    ax.set_ylabel("held-out participants: test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args: PolisArguments) -> dict:
+    torch.set_num_threads(args.num_threads)
+    datasets.disable_progress_bars()
+    shots = [int(k) for k in args.shots.split(",")]
+    results = [run_seed(args, int(seed)) for seed in args.seeds.split(",")]
+    summary = summarize(results, shots)
+    os.makedirs(args.output_dir, exist_ok=True)
+    report = {"arguments": asdict(args), "results": results, "summary": summary, "attribution": POLIS_ATTRIBUTION,
+              "note": "Pairs are derived from Polis votes (agree > disagree within a participant)."}
+    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+        json.dump(report, f, indent=1, default=float)
+    print(json.dumps(summary, indent=1, default=float))
+    if args.figure:
+        plot(results, shots, args.figure, f"Polis, 6 conversations, {len(results)} splits (pairs derived from votes)")
+    return report
+
+
+if __name__ == "__main__":
+    (polis_args,) = HfArgumentParser(PolisArguments).parse_args_into_dataclasses()
+    main(polis_args)
