@@ -34,13 +34,15 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file, logging
 from transformers.utils.hub import hf_api
 
 from .user_weights import UserWeights
 from . import user_weights_io
 from .user_weights_io import USER_WEIGHTS_NAME, UserWeightsFileError, feature_fingerprint, load_user_weights
 
+
+logger = logging.get_logger(__name__)
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_SAFE_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -223,26 +225,28 @@ def _remove(path: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- saving
-def _split_user_table(model, state_dict: dict | None, base_model) -> tuple[dict, torch.Tensor]:
+def _split_user_table(model, state_dict: dict | None, base_model) -> tuple[dict, torch.Tensor | None]:
     """
-    The state dict to write without the user table, and the table `[U, d]` itself. The population weights are written
-    as they are used (in `"mean"` mode, the mean of the rows), so that the directory scores the population correctly
-    without the user file.
+    The state dict to write without the user table, and the table `[U, d]` itself (`None` if a given state dict lacks
+    it). The population weights are written as they are used (in `"mean"` mode, the mean of the rows), so that the
+    directory scores the population correctly without the user file.
     """
-    state_dict = dict(model.state_dict() if state_dict is None else state_dict)
-    table = None
-    if is_peft_model(model):
-        adapter = model.active_adapter
-        table = state_dict.get(f"base_model.model.user_weights.modules_to_save.{adapter}.weight")
+    if state_dict is None:
+        state_dict, table = dict(model.state_dict()), base_model.user_weights()[:-1]
     else:
-        table = state_dict.get("user_weights.weight")
-    if table is None:  # e.g. ZeRO-3 gathered only part of the model
-        table = base_model.user_weights()[:-1]
-    table = table.detach()
+        # Never read the table through the module here: under ZeRO-3 that would start a gather on this rank alone.
+        state_dict = dict(state_dict)
+        key = (
+            f"base_model.model.user_weights.modules_to_save.{model.active_adapter}.weight"
+            if is_peft_model(model)
+            else "user_weights.weight"
+        )
+        table = state_dict.get(key)
+    table = None if table is None else table.detach()
     if not is_peft_model(model):  # PEFT needs every key of its modules: the adapter file is filtered after writing
         for key in [key for key in state_dict if _USER_TABLE_KEY.search(key)]:
             del state_dict[key]
-    if base_model.config.population_weights == "mean" and table.shape[0] > 0:
+    if base_model.config.population_weights == "mean" and table is not None and table.shape[0] > 0:
         population = table.mean(dim=0)
         for key in [key for key in state_dict if _POPULATION_KEY.search(key)]:
             state_dict[key] = population.to(state_dict[key].dtype)
@@ -276,16 +280,26 @@ def save_reward_feature_model(
 
     peft = is_peft_model(model)
     base = model.get_base_model() if peft else model
-    state_dict, table = _split_user_table(model, state_dict, base)
     save_kwargs.pop("safe_serialization", None)  # always safetensors
     if not is_main_process:
         if not peft:
+            if state_dict is not None:
+                state_dict = {key: value for key, value in state_dict.items() if not _USER_TABLE_KEY.search(key)}
             PreTrainedModel.save_pretrained(
                 model, save_directory, is_main_process=False, state_dict=state_dict, **save_kwargs
             )
         return
+    state_dict, table = _split_user_table(model, state_dict, base)
+    if table is None and save_user_weights and base.num_users:
+        logger.warning(
+            "The state dict to save holds no user table (DeepSpeed ZeRO-3 without "
+            "`stage3_gather_16bit_weights_on_model_save`?): %s is not written; the users are in DeepSpeed's "
+            "checkpoint files.",
+            USER_WEIGHTS_NAME,
+        )
+        save_user_weights = False
     user_ids = base.user_ids
-    if table.shape[0] != len(user_ids):
+    if table is not None and table.shape[0] != len(user_ids):
         raise ValueError(f"The user table has {table.shape[0]} rows for {len(user_ids)} user ids.")
     with staged_directory(save_directory) as staging:
         if peft:
