@@ -284,7 +284,8 @@ def polis_parts(args: PolisArguments, seed: int) -> tuple[dict[str, Dataset], li
     conversations = args.conversations.split(",") if args.conversations else None
     votes = load_polis_votes(args.data_dir, conversations)
     if args.max_users is not None:
-        keep = set(sorted(set(votes["user_id"]), key=lambda u: hash((seed, u)) % 10**9)[: args.max_users])
+        users = sorted(set(votes["user_id"]))
+        keep = {users[i] for i in np.random.default_rng(seed).permutation(len(users))[: args.max_users]}
         votes = votes.filter(lambda row: row["user_id"] in keep)
     texts = sorted(set(votes["statement"]) | set(votes["topic"]))
     users = split_users(votes, heldout_fraction=args.heldout_fraction, seed=seed)

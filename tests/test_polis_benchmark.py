@@ -1,0 +1,72 @@
+"""Smoke and behaviour test of `benchmarks/polis_benchmark.py` on a small subset of the real Polis data (one
+conversation, a few dozen participants): the vote-level split leaks nothing, and the pipeline's numbers are
+well-formed. Skipped when the shared Polis data (CC BY 4.0, The Computational Democracy Project) is not present."""
+
+import math
+import os
+import sys
+
+import pytest
+
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks")
+sys.path.insert(0, BENCHMARKS)
+
+import polis_benchmark  # noqa: E402
+
+
+DATA_DIR = os.environ.get("TRL_RFM_POLIS_DIR", polis_benchmark.DEFAULT_DATA_DIR)
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(DATA_DIR, "15-per-hour-seattle")), reason=f"Polis data not found at {DATA_DIR}"
+)
+
+
+def _arguments(tmp_path, **overrides):
+    values = dict(
+        data_dir=DATA_DIR,
+        conversations="15-per-hour-seattle",
+        max_users=80,
+        heldout_fraction=0.25,
+        seeds="0",
+        hidden_size=16,
+        num_layers=1,
+        num_features=4,
+        num_train_epochs=1,
+        batch_size=32,
+        max_train_pairs_per_user=8,
+        max_eval_pairs_per_user=16,
+        shots="0,5",
+        num_draws=2,
+        output_dir=str(tmp_path),
+        figure=str(tmp_path / "polis.png"),
+    )
+    values.update(overrides)
+    return polis_benchmark.PolisArguments(**values)
+
+
+def test_vote_level_split_shares_no_statement_within_a_participant(tmp_path):
+    parts, _ = polis_benchmark.polis_parts(_arguments(tmp_path), seed=0)
+    statements = {}  # (participant, statement id) -> part
+    for name, part in parts.items():
+        for user, chosen, rejected in zip(part["user_id"], part["chosen_item"], part["rejected_item"]):
+            for item in (chosen, rejected):
+                assert statements.setdefault((user, item), name) == name, f"{user} votes on {item} in two parts"
+    training_users = set(parts["train"]["user_id"]) | set(parts["val"]["user_id"])
+    heldout_users = set(parts["heldout_adaptation"]["user_id"]) | set(parts["heldout_test"]["user_id"])
+    assert training_users and heldout_users and not training_users & heldout_users
+
+
+def test_pipeline_reports_well_formed_numbers(tmp_path):
+    report = polis_benchmark.main(_arguments(tmp_path))
+    (result,) = report["results"]
+    for method in ("rfm", "linear"):
+        curve = result[method]["curve"]
+        assert sorted(curve) == [0, 5]
+        assert all(0.0 <= accuracy <= 1.0 for accuracy in curve.values())
+        assert result[method]["l2"] > 0
+    # k = 0 of the linear head is the non-adaptive reward model itself (its prior is centred on the score head).
+    assert result["linear"]["curve"][0] == pytest.approx(result["rm"]["accuracy"])
+    assert 1.0 <= result["rfm"]["effective_dimension"] <= 4.0 + 1e-6
+    assert not math.isnan(result["rfm"]["seen_users_personal_accuracy"])
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "polis.png").is_file()
+    assert "Computational Democracy Project" in report["attribution"]
