@@ -14,13 +14,14 @@ Works offline: `--model_name_or_path tiny` builds a tiny Llama-shaped LM with a 
 words, `--dataset_name synthetic` (the default) generates raters who disagree, and any model or dataset may be a local
 path (a model directory; a `.json`/`.jsonl`/`.parquet`/`.csv` file or a directory written by `save_to_disk`).
 
-Smoke test on a laptop CPU (about a minute):
+Smoke test on a laptop CPU (a few minutes):
 python examples/train_rfm.py \
     --model_name_or_path tiny \
     --dataset_name synthetic \
     --output_dir rfm-tiny \
     --num_features 8 \
     --per_device_train_batch_size 32 \
+    --per_device_eval_batch_size 64 \
     --num_train_epochs 4 \
     --learning_rate 3e-3 \
     --user_weights_learning_rate 3e-2 \
@@ -61,8 +62,7 @@ python examples/train_rfm.py \
     --lora_r 32 \
     --lora_alpha 16
 
-Several GPUs (or, to try it, two CPU processes: add `--bf16 False --use_cpu True` and use
-`accelerate launch --multi_gpu --num_processes 2 --cpu ...` instead of a config file):
+Several GPUs (DDP; set `num_processes` in the config or pass `--num_processes N`):
 accelerate launch --config_file examples/accelerate/multi_gpu.yaml examples/train_rfm.py \
     --model_name_or_path Qwen/Qwen2-0.5B-Instruct \
     --dataset_name path/to/preferences_with_user_id.jsonl \
@@ -72,6 +72,22 @@ accelerate launch --config_file examples/accelerate/multi_gpu.yaml examples/trai
     --learning_rate 1.0e-5
 
 DeepSpeed ZeRO-2 / ZeRO-3: the same with `--config_file examples/accelerate/deepspeed_zero2.yaml` (or `..._zero3.yaml`).
+
+Two processes on a CPU-only machine (DDP over gloo), to try multi-process training without GPUs:
+accelerate launch --multi_gpu --num_processes 2 examples/train_rfm.py \
+    --model_name_or_path tiny \
+    --output_dir rfm-tiny-ddp \
+    --num_features 8 \
+    --per_device_train_batch_size 16 \
+    --per_device_eval_batch_size 64 \
+    --num_train_epochs 4 \
+    --learning_rate 3e-3 \
+    --user_weights_learning_rate 3e-2 \
+    --eval_strategy epoch \
+    --bf16 False \
+    --use_cpu True
+(DeepSpeed on CPU: `--config_file examples/accelerate/deepspeed_zero3.yaml --num_processes 2 --mixed_precision no`
+in place of `--multi_gpu --num_processes 2`, and `--ddp_backend gloo` in place of `--use_cpu True`.)
 """
 
 import os
@@ -184,7 +200,7 @@ if __name__ == "__main__":
     if training_args.eval_strategy != "no":
         if script_args.dataset_test_split not in dataset:
             raise ValueError(
-                f"`--eval_strategy {training_args.eval_strategy}` needs a split {script_args.dataset_test_split!r} "
+                f"`--eval_strategy {training_args.eval_strategy.value}` needs a split {script_args.dataset_test_split!r} "
                 f"(`--dataset_test_split`); the dataset's splits are {list(dataset)}."
             )
         eval_dataset = dataset[script_args.dataset_test_split]
