@@ -227,3 +227,15 @@ def test_relabel_all_pairs_above_margin_and_per_prompt_users(rfm, marker_tokeniz
         relabel_preferences(reward, PROMPTS[:1], [COMPLETIONS])
     with pytest.raises(ValueError, match="at least 2"):
         relabel_preferences(reward, PROMPTS[:1], [COMPLETIONS[:1]], user_ids=["bob"])
+
+
+def test_export_command_line(tmp_path, marker_tokenizer):
+    from trl_rfm.cli import main
+
+    model = _rfm(marker_tokenizer, feature_normalization="none")
+    model.save_pretrained(tmp_path / "rfm")
+    marker_tokenizer.save_pretrained(tmp_path / "rfm")
+    main(["export", "--model_path", str(tmp_path / "rfm"), "--user_id", "bob", "--output_dir", str(tmp_path / "bob")])
+    reward = PersonalizedReward(model, marker_tokenizer)
+    reloaded = _reload_and_score(tmp_path / "bob", reward.tokenize(PROMPTS, COMPLETIONS))
+    assert (torch.tensor(reloaded["scores"]) - reward.score(PROMPTS, COMPLETIONS, ["bob"] * 4)).abs().max() <= 1e-4

@@ -8,6 +8,7 @@ COMMANDS = {
     "demo": ("trl_rfm.demo", "Train on synthetic raters, adapt held-out ones, print accuracy (offline, CPU)."),
     "adapt": ("trl_rfm.adapt_cli", "Add users to a trained model from a file of their comparisons (few-shot)."),
     "evaluate": ("trl_rfm.evaluate_cli", "Few-shot adaptation of held-out users vs baselines: JSON and plot."),
+    "export": ("trl_rfm.export", "Export one user as a standard AutoModelForSequenceClassification reward model."),
 }
 
 
