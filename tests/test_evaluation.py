@@ -107,9 +107,9 @@ def test_user_id_goes_into_the_prompt():
 @pytest.mark.slow
 def test_synthetic_evaluation_rfm_beats_non_adaptive(tmp_path):
     data_args = EvaluateDataArguments(
-        output_dir=str(tmp_path), num_users=8, num_heldout_users=6, train_pairs_per_user=96, test_pairs_per_user=20
+        output_dir=str(tmp_path), num_users=8, num_heldout_users=6, train_pairs_per_user=64, test_pairs_per_user=20
     )
-    config = AdaptationEvaluationConfig(shots="0,10,30", num_draws=2, num_train_epochs=8, id_rm_adaptation_epochs=2)
+    config = AdaptationEvaluationConfig(shots="0,10,30", num_draws=2, num_train_epochs=6, id_rm_adaptation_epochs=2)
     result = run_evaluation(data_args, config)
     accuracy = {m: {int(k): v["mean"] for k, v in by_k.items()} for m, by_k in result.accuracy.items()}
     assert set(accuracy) == {"rfm", "bt", "linear", "id_rm", "oracle"}
