@@ -103,8 +103,8 @@ def throughput(args, generator):
     print("|---|---:|---:|---:|---:|")
     print(f"| `fit_user_weights` (batched Newton, float32), median of {args.repeats} | {batched:.2f} | "
           f"{per_user / batched:.0f}x | {batched_cpu:.2f} | {sklearn_cpu_time / batched_cpu:.0f}x |")
-    print(f"| scikit-learn `LogisticRegression` (lbfgs) loop, timed on {n} users and extrapolated x{args.num_users / n:g} "
-          f"| {per_user:.1f} | 1x | {sklearn_cpu_time:.1f} | 1x |")
+    print(f"| scikit-learn `LogisticRegression` (lbfgs) loop, timed on {n} users and extrapolated "
+          f"x{args.num_users / n:g} | {per_user:.1f} | 1x | {sklearn_cpu_time:.1f} | 1x |")
     print("\n| solver | held-out accuracy vs true preference | max abs weight difference to scikit-learn |")
     print("|---|---:|---:|")
     print(f"| `fit_user_weights` | {accuracy(test, weights, true_weights):.4f} "

@@ -13,8 +13,21 @@ from .adaptation import (
     select_l2,
 )
 from .configuration_rfm import RewardFeatureConfig
+from .evaluation import (
+    AdaptationEvaluationConfig,
+    AdaptationEvaluationResult,
+    evaluate_adaptation,
+    pairs_from_ratings,
+    split_pairs_by_user,
+    split_rated_items_for_evaluation,
+)
 from .export import export_user_reward_model
-from .feature_cache import compute_feature_differences, group_by_user, tokenize_preferences
+from .feature_cache import (
+    compute_feature_differences,
+    compute_score_head_input_differences,
+    group_by_user,
+    tokenize_preferences,
+)
 from .feature_geometry import effective_dimension, feature_covariance_penalty
 from .model_card import build_model_card
 from .modeling_rfm import RewardFeatureModel, RewardFeatureModelOutput

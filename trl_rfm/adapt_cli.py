@@ -55,7 +55,9 @@ def run_adapt(args: AdaptArguments):
     extension = os.path.splitext(args.comparisons_file)[1].lstrip(".").lower()
     builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(extension)
     if builder is None:
-        raise ValueError(f"Unsupported comparisons file {args.comparisons_file!r}: use .json, .jsonl, .csv or .parquet.")
+        raise ValueError(
+            f"Unsupported comparisons file {args.comparisons_file!r}: use .json, .jsonl, .csv or .parquet."
+        )
     comparisons = load_dataset(builder, data_files=args.comparisons_file, split="train")
     if args.user_id is not None:
         user_id = normalize_user_id(args.user_id)  # rejects an empty id with a clear message

@@ -88,7 +88,9 @@ def _validate(feature_differences, mask, prior_mean, l2, targets):
     else:
         mask = torch.as_tensor(mask, device=x.device).to(dtype)
         if mask.shape != (num_users, num_pairs):
-            raise ValueError(f"`mask` must have shape {(num_users, num_pairs)} = (users, pairs), got {tuple(mask.shape)}.")
+            raise ValueError(
+                f"`mask` must have shape {(num_users, num_pairs)} = (users, pairs), got {tuple(mask.shape)}."
+            )
         if (mask < 0).any() or not torch.isfinite(mask).all():
             raise ValueError("`mask` must be finite and >= 0 (1 for a real pair, 0 for padding).")
 

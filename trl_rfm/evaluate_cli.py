@@ -112,7 +112,7 @@ def run_evaluation(data_args: EvaluateDataArguments, config: AdaptationEvaluatio
     for method in result.accuracy:
         table.add_column(method, justify="right")
     for k in result.shots:
-        cells = [f"{result.accuracy[m][str(k)]['mean']:.1%} ± {result.accuracy[m][str(k)]['std']:.1%}" for m in result.accuracy]
+        cells = [f"{by_k[str(k)]['mean']:.1%} ± {by_k[str(k)]['std']:.1%}" for by_k in result.accuracy.values()]
         table.add_row(str(k), *cells)
     console.print(table)
     console.print(f"l2: {result.l2}; wrote {data_args.output_dir}/results.json and accuracy_vs_k.png")
@@ -123,7 +123,6 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import HfArgumentParser
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    data_args, config = HfArgumentParser((EvaluateDataArguments, AdaptationEvaluationConfig)).parse_args_into_dataclasses(
-        args=argv
-    )
+    parser = HfArgumentParser((EvaluateDataArguments, AdaptationEvaluationConfig))
+    data_args, config = parser.parse_args_into_dataclasses(args=argv)
     run_evaluation(data_args, config)

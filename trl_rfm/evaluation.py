@@ -56,8 +56,8 @@ class AdaptationEvaluationConfig:
     l2: str = field(
         default="evidence",
         metadata={
-            "help": "Prior precision of the adapted weights (rfm and linear): `evidence` (chosen by marginal likelihood "
-            "on the calibration users), `model` (rfm: the spread of its training users' weights) or a number."
+            "help": "Prior precision of the adapted weights (rfm and linear): `evidence` (chosen by marginal "
+            "likelihood on the calibration users), `model` (rfm: the spread of its training users' weights) or a number."
         },
     )
     num_features: int = field(default=8, metadata={"help": "Reward features d of the RFM."})
@@ -185,7 +185,8 @@ def pairs_from_ratings(
     that a user rated differently (higher rating chosen; equal ratings give no pair). Adds `chosen_item` and
     `rejected_item` (the `item_column`, or the row index) so that leaks between parts can be checked.
     """
-    missing = [c for c in (user_column, prompt_column, response_column, rating_column) if c not in ratings.column_names]
+    required = (user_column, prompt_column, response_column, rating_column)
+    missing = [c for c in required if c not in ratings.column_names]
     if missing:
         raise ValueError(f"Ratings lack the column(s) {missing}; their columns are {ratings.column_names}.")
     items = ratings[item_column] if item_column is not None else list(range(len(ratings)))
@@ -316,7 +317,9 @@ def add_user_id_to_prompt(dataset: Dataset, user_column: str = "user_id") -> Dat
 @torch.no_grad()
 def reward_margins(model, processing_class: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int = 64):
     """`r(chosen) - r(rejected)` of a one-label sequence-classification reward model on every pair: `[pairs]`."""
-    differences = compute_score_head_input_differences(model, processing_class, dataset, batch_size, show_progress=False)
+    differences = compute_score_head_input_differences(
+        model, processing_class, dataset, batch_size, show_progress=False
+    )
     return differences @ score_head(model).weight[0].detach().float().cpu()  # the head's bias cancels
 
 
@@ -434,7 +437,9 @@ def evaluate_adaptation(
         pool, pool_mask, test, test_mask = heldout_features(featurize)
         draws = draw_adaptation_sets(pool_mask, shots, config.num_draws, config.seed)
         prior_mean, model_l2 = prior_from_model(model)
-        calibration, calibration_mask, _ = group_by_user(featurize(calibration_dataset), calibration_dataset[user_column])
+        calibration, calibration_mask, _ = group_by_user(
+            featurize(calibration_dataset), calibration_dataset[user_column]
+        )
         l2_used["rfm"] = choose_l2(calibration, calibration_mask, prior_mean, model_l2)
         per_draw = linear_adaptation_accuracy(pool, test, test_mask, draws, prior_mean, l2_used["rfm"])
         accuracy["rfm"] = {str(k): _summary(v) for k, v in per_draw.items()}
@@ -486,7 +491,8 @@ def evaluate_adaptation(
             weights = torch.tensor(
                 np.stack([true_user_weights[normalize_user_id(u)] for u in test_dataset[user_column]])
             )
-            margins, mask = _grouped((attributes * weights).sum(-1, keepdim=True), test_dataset[user_column], heldout_users)
+            margins = (attributes * weights).sum(-1, keepdim=True)  # true reward differences, [pairs, 1]
+            margins, mask = _grouped(margins, test_dataset[user_column], heldout_users)
             oracle_accuracy = pairwise_accuracy(margins[..., 0], mask)
             accuracy["oracle"] = {str(k): _summary([oracle_accuracy]) for k in shots}
 
@@ -507,7 +513,10 @@ def _evaluate_id_rm(
     """Trains the id-in-prompt reward model, then for each k and draw fine-tunes a copy on the drawn pairs of all
     held-out users at once (their ids tell them apart) and scores their test pairs."""
     log("Training the user-id-in-prompt reward model (trl.RewardTrainer)")
-    with_ids = lambda dataset: _without(add_user_id_to_prompt(dataset, user_column), [user_column, *extra_columns])  # noqa: E731
+
+    def with_ids(dataset):
+        return _without(add_user_id_to_prompt(dataset, user_column), [user_column, *extra_columns])
+
     trainer = RewardTrainer(
         model=backbone,
         args=_training_args(RewardConfig, os.path.join(work_dir, "id_rm"), config),
