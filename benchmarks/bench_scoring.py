@@ -11,6 +11,7 @@ naive loop on pre-tokenised inputs (which favours it). Prints a table with the m
 """
 
 import os
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -84,8 +85,10 @@ def main(args: BenchmarkArguments) -> None:
     console = Console()
     # The one-pass timings are interleaved over the user counts, so drifts in machine load hit every count alike.
     one_pass_times = {n: [] for n in user_counts}
+    order = list(user_counts)
     for _ in range(args.repeats + 1):
-        for n in user_counts:
+        random.Random(len(one_pass_times[order[0]])).shuffle(order)  # no count always runs first or last
+        for n in order:
             start = time.perf_counter()
             reward.score_for_users(prompts, completions, users[:n])
             one_pass_times[n].append(time.perf_counter() - start)
@@ -106,13 +109,14 @@ def main(args: BenchmarkArguments) -> None:
     for column in ("users", "one pass ms", "ratio to 1 user", "naive loop ms", "ratio to 1 user", "speed-up"):
         table.add_column(column, justify="right")
     for n, one_pass, loop in rows:
+        skipped = loop != loop  # NaN: naive loop not run for this count
         table.add_row(
             str(n),
             f"{1e3 * one_pass:.1f}",
             f"{one_pass / base_one_pass:.2f}",
-            f"{1e3 * loop:.1f}",
-            f"{loop / base_loop:.1f}",
-            f"{loop / one_pass:.1f}x",
+            "-" if skipped else f"{1e3 * loop:.1f}",
+            "-" if skipped else f"{loop / base_loop:.1f}",
+            "-" if skipped else f"{loop / one_pass:.1f}x",
         )
     console.print(table)
 
