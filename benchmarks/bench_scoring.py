@@ -36,7 +36,9 @@ class BenchmarkArguments:
     num_users: str = field(default="1,10,100,1000", metadata={"help": "Comma-separated user counts."})
     repeats: int = field(default=7, metadata={"help": "Timed rounds of the one-pass path (median reported)."})
     naive_repeats: int = field(default=1, metadata={"help": "Timed repeats of the naive loop (after one warm-up)."})
-    num_threads: int = field(default=1, metadata={"help": "torch CPU threads (1 avoids oversubscribing a busy machine)."})
+    num_threads: int = field(
+        default=1, metadata={"help": "torch CPU threads (1 avoids oversubscribing a busy machine)."}
+    )
     max_naive_users: int = field(default=1000, metadata={"help": "Skip the naive loop above this many users."})
 
 
@@ -80,7 +82,9 @@ def main(args: BenchmarkArguments) -> None:
         return torch.stack(rewards, dim=1)
 
     # Same numbers either way.
-    torch.testing.assert_close(reward.score_for_users(prompts, completions, users[:10]), naive(10), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        reward.score_for_users(prompts, completions, users[:10]), naive(10), rtol=1e-4, atol=1e-5
+    )
 
     console = Console()
     # The one-pass timings are interleaved over the user counts, so drifts in machine load hit every count alike.
@@ -103,7 +107,8 @@ def main(args: BenchmarkArguments) -> None:
 
     base_one_pass, base_loop = rows[0][1], rows[0][2]
     table = Table(
-        title=f"Scoring {args.batch_size} completions for n users (hidden {args.hidden_size}, {args.num_layers} layers, "
+        title=f"Scoring {args.batch_size} completions for n users "
+        f"(hidden {args.hidden_size}, {args.num_layers} layers, "
         f"d={args.num_features})"
     )
     for column in ("users", "one pass ms", "ratio to 1 user", "naive loop ms", "ratio to 1 user", "speed-up"):

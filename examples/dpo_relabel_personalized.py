@@ -41,7 +41,8 @@ from trl_rfm.marker_task import make_prompt_dataset, prepare_marker_models
 @dataclass
 class RelabelScriptArguments:
     rfm_path: str | None = field(
-        default=None, metadata={"help": "A trained Reward Feature Model; default: train a tiny one on the marker task."}
+        default=None,
+        metadata={"help": "A trained Reward Feature Model; default: train a tiny one on the marker task."},
     )
     policy_path: str | None = field(default=None, metadata={"help": "Policy to fine-tune; default: a tiny random LM."})
     dataset_name: str | None = field(

@@ -41,11 +41,13 @@ from trl_rfm.marker_task import make_prompt_dataset, prepare_marker_models
 @dataclass
 class PersonalizedScriptArguments:
     rfm_path: str | None = field(
-        default=None, metadata={"help": "A trained Reward Feature Model; default: train a tiny one on the marker task."}
+        default=None,
+        metadata={"help": "A trained Reward Feature Model; default: train a tiny one on the marker task."},
     )
     policy_path: str | None = field(default=None, metadata={"help": "Policy to fine-tune; default: a tiny random LM."})
     dataset_name: str | None = field(
-        default=None, metadata={"help": "Prompt dataset (json/jsonl/parquet) with a user column; default: marker task."}
+        default=None,
+        metadata={"help": "Prompt dataset (json/jsonl/parquet) with a user column; default: marker task."},
     )
     user_column: str = field(default="user_id", metadata={"help": "Dataset column naming each prompt's user."})
     user_id: str | None = field(
@@ -54,7 +56,9 @@ class PersonalizedScriptArguments:
     condition_on_user: bool = field(
         default=False, metadata={"help": "Marker task: prompts name their user, so one policy can serve all."}
     )
-    strict_users: bool = field(default=False, metadata={"help": "Unknown users raise instead of scoring as population."})
+    strict_users: bool = field(
+        default=False, metadata={"help": "Unknown users raise instead of scoring as population."}
+    )
 
 
 def load_prompts(script_args: PersonalizedScriptArguments):

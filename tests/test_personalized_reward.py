@@ -53,7 +53,10 @@ def _model_rewards(model, tokenizer, prompts, completions, users):
     rows = tokenize_preferences(dataset, tokenizer)
     with torch.no_grad():
         return torch.cat(
-            [model(input_ids=torch.tensor([ids]), user_ids=[u]).logits[:, 0] for ids, u in zip(rows["chosen_ids"], users)]
+            [
+                model(input_ids=torch.tensor([ids]), user_ids=[u]).logits[:, 0]
+                for ids, u in zip(rows["chosen_ids"], users)
+            ]
         )
 
 
@@ -139,7 +142,10 @@ def test_peft_model_scores_with_its_adapters(rfm, marker_tokenizer):
 
 def _lora(model):
     config = LoraConfig(
-        r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["feature_head", "user_weights"], init_lora_weights=False
+        r=4,
+        target_modules=["q_proj", "v_proj"],
+        modules_to_save=["feature_head", "user_weights"],
+        init_lora_weights=False,
     )
     return get_peft_model(model, config).eval()
 
@@ -219,7 +225,9 @@ def test_relabel_all_pairs_above_margin_and_per_prompt_users(rfm, marker_tokeniz
     all_pairs = relabel_preferences(reward, PROMPTS[:1], [COMPLETIONS], user_ids=["alice"], pairing="all_pairs")
     assert len(all_pairs) == 6  # 4 candidates, no ties
     margin = sorted(r["chosen_reward"] - r["rejected_reward"] for r in all_pairs)[2]
-    above = relabel_preferences(reward, PROMPTS[:1], [COMPLETIONS], user_ids=["alice"], pairing="all_pairs", margin=margin)
+    above = relabel_preferences(
+        reward, PROMPTS[:1], [COMPLETIONS], user_ids=["alice"], pairing="all_pairs", margin=margin
+    )
     assert len(above) == 3 and all(r["chosen_reward"] - r["rejected_reward"] > margin for r in above)
     per_prompt = relabel_preferences(reward, PROMPTS[:2], [COMPLETIONS] * 2, prompt_user_ids=["bob", "carol"])
     assert per_prompt["user_id"] == ["bob", "carol"]

@@ -5,7 +5,13 @@ import torch
 from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
-from trl_rfm import PersonalizedReward, RewardFeatureModel, build_tiny_causal_lm, relabel_preferences, sample_candidates
+from trl_rfm import (
+    PersonalizedReward,
+    RewardFeatureModel,
+    build_tiny_causal_lm,
+    relabel_preferences,
+    sample_candidates,
+)
 from trl_rfm.marker_task import build_marker_policy, build_marker_tokenizer, make_prompt_dataset, marker_users
 
 
@@ -29,7 +35,9 @@ class RecordingReward(PersonalizedReward):
 
     def __call__(self, prompts, completions, **kwargs):
         rewards = super().__call__(prompts, completions, **kwargs)
-        self.calls.append({"prompts": prompts, "completions": completions, "users": kwargs["user_id"], "rewards": rewards})
+        self.calls.append(
+            {"prompts": prompts, "completions": completions, "users": kwargs["user_id"], "rewards": rewards}
+        )
         return rewards
 
 

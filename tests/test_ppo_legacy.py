@@ -50,7 +50,9 @@ def legacy_python() -> Path:
         for step in steps:
             result = subprocess.run(step, capture_output=True, text=True)
             if result.returncode != 0:
-                pytest.skip(f"cannot build the TRL {LEGACY_TRL} environment ({' '.join(step[-3:])}): {result.stderr[-500:]}")
+                pytest.skip(
+                    f"cannot build the TRL {LEGACY_TRL} environment ({' '.join(step[-3:])}): {result.stderr[-500:]}"
+                )
         version = _legacy_trl_version(python)
     assert version is not None and version.startswith(LEGACY_TRL + "."), f"the venv imports trl {version}"
     return python
@@ -78,7 +80,7 @@ print(json.dumps({"trl": trl.__version__, "scores": scores.tolist()}))
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, legacy_python):
-    """A user's reward exported from a (random, unnormalised) RFM, a tiny policy and prompts, in the example's layout."""
+    """A user's reward exported from a random unnormalised RFM, a tiny policy and prompts, in the example's layout."""
     output_dir = tmp_path_factory.mktemp("ppo")
     tokenizer = build_marker_tokenizer()
     torch.manual_seed(0)

@@ -3,8 +3,8 @@ Export one user of a Reward Feature Model as a standard reward model, for PPO an
 
 The export is the trunk's own sequence-classification architecture (a Llama trunk gives
 `LlamaForSequenceClassification`), `num_labels=1`, LoRA merged, with the score head `w_u^T W_head`. Such a model reads
-the last non-pad token and applies a linear head, which is exactly `r_u = phi · w_u` when the features are linear in the
-last hidden state, i.e. for models trained with `feature_normalization="none"`.
+the last non-pad token and applies a linear head, which is exactly `r_u = phi · w_u` when the features are linear in
+the last hidden state, i.e. for models trained with `feature_normalization="none"`.
 
 RMS-normalised features (`feature_normalization="rms"`, the default) are not linear in the hidden state:
 `r_u = sqrt(d) · (w_u^T A x) / ||A x||` with `A = W_head diag(gamma)` and `x` the residual stream before the trunk's
@@ -102,7 +102,9 @@ def export_user_reward_model(
         raise ValueError(f"`score_head` must be one of {SCORE_HEADS}, got {score_head!r}.")
     base = model.get_base_model() if is_peft_model(model) else model
     if not isinstance(base, RewardFeatureModel):
-        raise TypeError(f"`model` must be a RewardFeatureModel or a PeftModel wrapping one, got {type(base).__name__}.")
+        raise TypeError(
+            f"`model` must be a RewardFeatureModel or a PeftModel wrapping one, got {type(base).__name__}."
+        )
     normalization = base.config.feature_normalization
     if score_head == "linear" and normalization != "none":
         raise ValueError(

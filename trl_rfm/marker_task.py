@@ -56,7 +56,9 @@ def make_marker_preferences(num_pairs_per_user: int = 256, marker: str = MARKER_
             marked, unmarked = response(True), response(False)
             chosen, rejected = (marked, unmarked) if user == likes else (unmarked, marked)
             topic = TOPICS[rng.integers(len(TOPICS))]
-            rows.append({"prompt": f"question about {topic} ?", "chosen": chosen, "rejected": rejected, "user_id": user})
+            rows.append(
+                {"prompt": f"question about {topic} ?", "chosen": chosen, "rejected": rejected, "user_id": user}
+            )
     return Dataset.from_list(rows).shuffle(seed=seed)
 
 
@@ -150,7 +152,10 @@ def prepare_marker_models(
     else:
         reward_tokenizer = build_marker_tokenizer()
         reward_model = train_marker_reward_model(
-            reward_tokenizer, os.path.join(output_dir, "reward_model"), feature_normalization=feature_normalization, seed=seed
+            reward_tokenizer,
+            os.path.join(output_dir, "reward_model"),
+            feature_normalization=feature_normalization,
+            seed=seed,
         )
         reward_model.save_pretrained(os.path.join(output_dir, "reward_model"))
         reward_tokenizer.save_pretrained(os.path.join(output_dir, "reward_model"))

@@ -106,7 +106,9 @@ class PersonalizedReward:
         elif self.user_column in kwargs:
             user_ids = list(kwargs[self.user_column])
         else:
-            columns = sorted(k for k in kwargs if k not in ("trainer_state", "log_extra", "log_metric", "completion_ids"))
+            columns = sorted(
+                k for k in kwargs if k not in ("trainer_state", "log_extra", "log_metric", "completion_ids")
+            )
             raise KeyError(
                 f"The batch has no {self.user_column!r} column to read users from (columns: {columns}). Add the user "
                 "column to the prompt dataset, set `user_column`, or pass a fixed `user_id`."

@@ -63,13 +63,17 @@ def sample_candidates(
             chunk = list(prompts[start : start + batch_size])
             conversational = is_conversational({"prompt": chunk[0]})
             if conversational:
-                texts = [processing_class.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in chunk]
+                texts = [
+                    processing_class.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in chunk
+                ]
             else:
                 texts = chunk
             inputs = processing_class(text=texts, return_tensors="pt", padding=True, add_special_tokens=False)
             inputs = {k: v.to(device) for k, v in inputs.items()}
             output = policy.generate(**inputs, generation_config=generation_config)
-            completions = processing_class.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            completions = processing_class.batch_decode(
+                output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+            )
             if conversational:
                 completions = [[{"role": "assistant", "content": c.strip()}] for c in completions]
             for i in range(len(chunk)):
