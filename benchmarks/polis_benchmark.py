@@ -89,6 +89,7 @@ class ModelArguments:
     feature_normalization: str | None = field(default=None, metadata={"help": "`rms`/`none`; unset: default."})
     feature_covariance_l2: float | None = field(default=None, metadata={"help": "Unset: RFMConfig default."})
     population_loss_weight: float | None = field(default=None, metadata={"help": "Unset: RFMConfig default."})
+    user_weights_init_std: float | None = field(default=None, metadata={"help": "Unset: RFMConfig default."})
     num_threads: int = field(
         default=1, metadata={"help": "Torch CPU threads (1 is fastest for this tiny model on a busy machine)."}
     )
@@ -100,7 +101,7 @@ class PolisArguments(ModelArguments):
     conversations: str | None = field(default=None, metadata={"help": "Comma-separated conversations (default all)."})
     seeds: str = field(default="0,1,2", metadata={"help": "Comma-separated seeds (one split + training each)."})
     heldout_fraction: float = field(default=0.2, metadata={"help": "Fraction of participants held out."})
-    max_train_pairs_per_user: int = field(default=24, metadata={"help": "Cap on training pairs per participant."})
+    max_train_pairs_per_user: int = field(default=48, metadata={"help": "Cap on training pairs per participant."})
     max_eval_pairs_per_user: int = field(default=64, metadata={"help": "Cap on adaptation/test pairs per participant."})
     max_val_pairs_per_user: int = field(default=16, metadata={"help": "Cap on `val` pairs per training participant."})
     max_users: int | None = field(default=None, metadata={"help": "Keep only this many participants (smoke tests)."})
@@ -110,6 +111,11 @@ class PolisArguments(ModelArguments):
     output_dir: str = field(default="runs/polis", metadata={"help": "Where results.json is written."})
     figure: str | None = field(
         default="docs/figures/polis_accuracy_vs_k.png", metadata={"help": "Plot path (empty: no plot)."}
+    )
+    merge: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated output dirs of earlier runs (e.g. one seed each, run in parallel): "
+                  "summarise and plot their results instead of running."},
     )
 
 
@@ -121,6 +127,7 @@ def _overrides(args: ModelArguments) -> dict:
         "feature_normalization",
         "feature_covariance_l2",
         "population_loss_weight",
+        "user_weights_init_std",
     )
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
@@ -330,10 +337,17 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
             personal = model.get_user_weights(val_users, strict=False).float().cpu()
         seen_margin = torch.einsum("upd,ud->up", val_x, personal)
         pop_margin = torch.einsum("upd,d->up", val_x, population)
+        users = sorted(set(parts["heldout_test"]["user_id"]))
+        adapt = grouped(diffs["heldout_adaptation"], parts["heldout_adaptation"]["user_id"], users)
+        test = grouped(diffs["heldout_test"], parts["heldout_test"]["user_id"], users)
         result["rfm"] = {
-            "curve": curve,
-            "l2": l2,
-            "model_prior_l2": model_l2,
+            # The library's default prior for new users (`prior_from_model`: centred on the population weights, with
+            # the spread of the training users' rows), as `trl_rfm.adapt_users` uses it.
+            "curve": adaptation_curve(*adapt, *test, population, model_l2, shots, args.num_draws, seed),
+            "l2": model_l2,
+            # The prior precision chosen instead by the evidence of the training users' `val` pairs (`select_l2`).
+            "curve_evidence": curve,
+            "evidence_l2": l2,
             "effective_dimension": effective_dimension(phi),
             "seen_users_personal_accuracy": (((seen_margin > 0).float() * val_mask).sum() / val_mask.sum()).item(),
             "seen_users_population_accuracy": (((pop_margin > 0).float() * val_mask).sum() / val_mask.sum()).item(),
@@ -418,7 +432,18 @@ def main(args: PolisArguments) -> dict:
     torch.set_num_threads(args.num_threads)
     datasets.disable_progress_bars()
     shots = [int(k) for k in args.shots.split(",")]
-    results = [run_seed(args, int(seed)) for seed in args.seeds.split(",")]
+    if args.merge:
+        results = []
+        for folder in args.merge.split(","):
+            with open(os.path.join(folder, "results.json")) as f:
+                for result in json.load(f)["results"]:
+                    for method in ("rfm", "linear"):  # JSON keys are strings
+                        for key in ("curve", "curve_evidence"):
+                            if key in result.get(method, {}):
+                                result[method][key] = {int(k): v for k, v in result[method][key].items()}
+                    results.append(result)
+    else:
+        results = [run_seed(args, int(seed)) for seed in args.seeds.split(",")]
     summary = summarize(results, shots)
     os.makedirs(args.output_dir, exist_ok=True)
     report = {"arguments": asdict(args), "results": results, "summary": summary, "attribution": POLIS_ATTRIBUTION,

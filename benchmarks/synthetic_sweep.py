@@ -33,7 +33,9 @@ from transformers import HfArgumentParser  # noqa: E402
 
 from polis_benchmark import (  # noqa: E402
     ModelArguments,
+    adaptation_curve,
     evaluate_features,
+    grouped,
     response_features,
     reward_model_hidden_differences,
     train_reward_model,
@@ -93,11 +95,17 @@ def run_cell(args: SweepArguments, num_raters: int, disagreement: float, seed: i
         cell_args.num_features = d
         model, _ = train_rfm(data.train, tokenizer, cell_args, seed)
         diffs = {n: compute_feature_differences(model, tokenizer, parts[n], 256, show_progress=False) for n in names}
-        population, _ = prior_from_model(model)
-        curve, l2 = evaluate_features(diffs, parts, population, shots, args.num_draws, seed)
+        population, model_l2 = prior_from_model(model)
+        evidence_curve, evidence_l2 = evaluate_features(diffs, parts, population, shots, args.num_draws, seed)
+        users = sorted(set(parts["heldout_test"]["user_id"]))
+        adapt = grouped(diffs["heldout_adaptation"], parts["heldout_adaptation"]["user_id"], users)
+        test_x = grouped(diffs["heldout_test"], parts["heldout_test"]["user_id"], users)
+        # Main curve: the library's default prior for new users (`prior_from_model`), as in the Polis benchmark.
+        curve = adaptation_curve(*adapt, *test_x, population, model_l2, shots, args.num_draws, seed)
         test = parts["heldout_test"]
         phi = response_features(model, tokenizer, list(test["prompt"]) * 2, list(test["chosen"]) + list(test["rejected"]))
-        result[f"rfm_d{d}"] = {"curve": curve, "l2": l2, "effective_dimension": effective_dimension(phi)}
+        result[f"rfm_d{d}"] = {"curve": curve, "l2": model_l2, "curve_evidence": evidence_curve,
+                               "evidence_l2": evidence_l2, "effective_dimension": effective_dimension(phi)}
     rm = train_reward_model(data.train, tokenizer, cell_args, seed)
     diffs = {n: reward_model_hidden_differences(rm, tokenizer, parts[n]) for n in names}
     head = rm.score.weight[0].detach().float()
