@@ -260,3 +260,7 @@ if __name__ == "__main__":
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
         trainer.accelerator.print(f"🤗 Model pushed to the Hub in https://huggingface.co/{trainer.hub_model_id}.")
+
+    # Tear the process group down before the interpreter exits: a gloo group left to static destructors can abort a
+    # rank ("terminate called without an active exception") after everything was saved, failing the launcher.
+    trainer.accelerator.end_training()
