@@ -24,6 +24,12 @@ Protocol, per seed (no leakage: every split is made on votes, before pairs are f
 
     python benchmarks/polis_benchmark.py                          # 3 seeds, writes runs/polis/results.json + figure
     python benchmarks/polis_benchmark.py --seeds 0 --methods rfm --user_weights_learning_rate 3e-2   # one variant
+    python benchmarks/polis_benchmark.py --seeds 0 --statement_id_tokens True   # one learnable token per statement
+
+Speed (the whole benchmark is CPU-bound on a ~0.2M-parameter model): gradient checkpointing, which TRL's configs turn
+on by default, is turned off (it recomputes every forward for no memory benefit at this size: ~1/3 of a step); each
+split's pairs are tokenised once (one call per distinct statement text, checked equal to TRL's tokenisation) and
+shared by both trainers and every feature pass, instead of TRL tokenising every pair of every part once per model.
 
 The evaluation helpers here (`train_rfm`, `train_reward_model`, `adaptation_curve`, ...) are also used by
 `benchmarks/synthetic_sweep.py`.
@@ -112,6 +118,11 @@ class PolisArguments(ModelArguments):
     figure: str | None = field(
         default="docs/figures/polis_accuracy_vs_k.png", metadata={"help": "Plot path (empty: no plot)."}
     )
+    statement_id_tokens: bool = field(
+        default=False,
+        metadata={"help": "Prepend one unique word per statement (`s<conversation index>_<statement id>`) to its text, "
+                  "so that the backbone can learn one embedding per statement (a control for the text encoder)."},
+    )
     merge: str | None = field(
         default=None,
         metadata={"help": "Comma-separated output dirs of earlier runs (e.g. one seed each, run in parallel): "
@@ -150,6 +161,8 @@ def _trainer_kwargs(args: ModelArguments, output_dir: str, seed: int, num_pairs:
         seed=seed,
         data_seed=seed,
         dataset_num_proc=None,
+        # TRL turns gradient (activation) checkpointing on by default; at this size it only recomputes the forward.
+        activation_checkpointing=False,
     )
 
 
@@ -177,6 +190,32 @@ def train_rfm(train: Dataset, tokenizer, args: ModelArguments, seed: int):
     return model, config
 
 
+def _pair_columns(dataset: Dataset) -> list[str]:
+    """The columns TRL's `RewardTrainer` reads: token ids when the pairs are pre-tokenised, else the texts."""
+    if {"chosen_ids", "rejected_ids"} <= set(dataset.column_names):
+        return ["chosen_ids", "rejected_ids"]
+    return ["prompt", "chosen", "rejected"]
+
+
+def pretokenize(dataset: Dataset, tokenizer, cache: dict | None = None) -> Dataset:
+    """Adds the `chosen_ids`/`rejected_ids` TRL's `RewardTrainer` would compute (EOS appended, `prompt + response`,
+    tokenised by `tokenizer(text)`), tokenising each distinct text once. TRL skips its own tokenisation of a dataset
+    that has these columns, and so do `tokenize_preferences` and the feature caches built on it. Checked equal to
+    `trl_rfm.tokenize_preferences` in `tests/test_polis_benchmark.py`."""
+    cache = {} if cache is None else cache
+    eos = tokenizer.eos_token
+
+    def ids(prompt: str, response: str) -> list[int]:
+        text = prompt + (response if response.endswith(eos) else response + eos)
+        if text not in cache:
+            cache[text] = tokenizer(text=text)["input_ids"]
+        return cache[text]
+
+    prompts = dataset["prompt"]
+    dataset = dataset.add_column("chosen_ids", [ids(p, c) for p, c in zip(prompts, dataset["chosen"])])
+    return dataset.add_column("rejected_ids", [ids(p, r) for p, r in zip(prompts, dataset["rejected"])])
+
+
 def train_reward_model(train: Dataset, tokenizer, args: ModelArguments, seed: int):
     """The non-adaptive baseline: stock `trl.RewardTrainer` on the same backbone initialisation and pairs."""
     backbone = build_backbone(tokenizer, args, seed)
@@ -190,7 +229,7 @@ def train_reward_model(train: Dataset, tokenizer, args: ModelArguments, seed: in
         trainer = RewardTrainer(
             model=model,
             args=config,
-            train_dataset=train.select_columns(["prompt", "chosen", "rejected"]),
+            train_dataset=train.select_columns(_pair_columns(train)),
             processing_class=tokenizer,
         )
         trainer.train()
@@ -290,6 +329,12 @@ def evaluate_features(diffs: dict[str, torch.Tensor], parts: dict[str, Dataset],
 def polis_parts(args: PolisArguments, seed: int) -> tuple[dict[str, Dataset], list[str]]:
     conversations = args.conversations.split(",") if args.conversations else None
     votes = load_polis_votes(args.data_dir, conversations)
+    if args.statement_id_tokens:
+        # One word per statement, unique across conversations (the word-level tokenizer gives it its own embedding).
+        index = {c: i for i, c in enumerate(sorted(set(votes["conversation"])))}
+        votes = votes.map(
+            lambda row: {"statement": f"s{index[row['conversation']]}_{row['comment_id']} {row['statement']}"}
+        )
     if args.max_users is not None:
         users = sorted(set(votes["user_id"]))
         keep = {users[i] for i in np.random.default_rng(seed).permutation(len(users))[: args.max_users]}
@@ -309,8 +354,12 @@ def polis_parts(args: PolisArguments, seed: int) -> tuple[dict[str, Dataset], li
 
 def run_seed(args: PolisArguments, seed: int) -> dict:
     start = time.time()
+    timing = {}
     parts, texts = polis_parts(args, seed)
     tokenizer = build_tokenizer(texts + [" :"])
+    cache = {}
+    parts = {name: pretokenize(part, tokenizer, cache) for name, part in parts.items()}
+    timing["data_seconds"] = time.time() - start
     shots = [int(k) for k in args.shots.split(",")]
     methods = args.methods.split(",")
     result = {
@@ -324,6 +373,7 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
         t = time.time()
         model, config = train_rfm(parts["train"], tokenizer, args, seed)
         result["rfm_train_seconds"] = time.time() - t
+        t = time.time()
         names = ["val", "heldout_adaptation", "heldout_test"]
         diffs = {n: compute_feature_differences(model, tokenizer, parts[n], 256, show_progress=False) for n in names}
         population, model_l2 = prior_from_model(model)
@@ -355,11 +405,13 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
                                                        "user_weights_learning_rate", "feature_covariance_l2",
                                                        "learning_rate", "num_train_epochs")},
         }
+        timing["rfm_eval_seconds"] = time.time() - t
         print(f"[seed {seed}] rfm {result['rfm']}", flush=True)
     if "rm" in methods or "linear" in methods:
         t = time.time()
         rm = train_reward_model(parts["train"], tokenizer, args, seed)
         result["rm_train_seconds"] = time.time() - t
+        t = time.time()
         names = ["val", "heldout_adaptation", "heldout_test"]
         diffs = {n: reward_model_hidden_differences(rm, tokenizer, parts[n]) for n in names}
         head = rm.score.weight[0].detach().float()
@@ -370,8 +422,12 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
         if "linear" in methods:
             curve, l2 = evaluate_features(diffs, parts, head, shots, args.num_draws, seed)
             result["linear"] = {"curve": curve, "l2": l2}
+        timing["rm_eval_seconds"] = time.time() - t
         print(f"[seed {seed}] rm {result['rm']} linear {result.get('linear')}", flush=True)
     result["seconds"] = time.time() - start
+    result["timing"] = timing
+    print(f"[seed {seed}] seconds {result['seconds']:.0f} rfm_train {result.get('rfm_train_seconds', 0):.0f} "
+          f"rm_train {result.get('rm_train_seconds', 0):.0f} {timing}", flush=True)
     return result
 
 

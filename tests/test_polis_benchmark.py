@@ -70,3 +70,30 @@ def test_pipeline_reports_well_formed_numbers(tmp_path):
     assert not math.isnan(result["rfm"]["seen_users_personal_accuracy"])
     assert (tmp_path / "results.json").is_file() and (tmp_path / "polis.png").is_file()
     assert "Computational Democracy Project" in report["attribution"]
+
+
+def test_pretokenize_matches_trl_tokenization(tmp_path):
+    from trl_rfm import build_tokenizer, tokenize_preferences
+
+    parts, texts = polis_benchmark.polis_parts(_arguments(tmp_path), seed=0)
+    tokenizer = build_tokenizer(texts + [" :"])
+    part = parts["train"].select(range(min(200, len(parts["train"]))))
+    fast = polis_benchmark.pretokenize(part, tokenizer)
+    reference = tokenize_preferences(part.select_columns(["prompt", "chosen", "rejected"]), tokenizer)
+    assert fast["chosen_ids"] == reference["chosen_ids"] and fast["rejected_ids"] == reference["rejected_ids"]
+    # TRL's reward trainer (and `tokenize_preferences`) keep pre-tokenised pairs as they are.
+    assert tokenize_preferences(fast, tokenizer)["chosen_ids"] == fast["chosen_ids"]
+
+
+def test_statement_id_tokens_give_each_statement_its_own_word(tmp_path):
+    from trl_rfm import build_tokenizer
+
+    parts, texts = polis_benchmark.polis_parts(_arguments(tmp_path, statement_id_tokens=True), seed=0)
+    tokenizer = build_tokenizer(texts + [" :"])
+    part = parts["train"]
+    for chosen, item in zip(part["chosen"][:50], part["chosen_item"][:50]):
+        word = chosen.split(" ", 1)[0]
+        assert word == f"s0_{item}"
+        assert tokenizer.convert_tokens_to_ids(word) != tokenizer.unk_token_id
+    first_words = {chosen.split(" ", 1)[0] for chosen in part["chosen"]}
+    assert len(first_words) == len(set(part["chosen_item"]))
