@@ -8,12 +8,10 @@ import sys
 
 import pytest
 
-
 BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 
 import polis_benchmark  # noqa: E402
-
 
 DATA_DIR = os.environ.get("TRL_RFM_POLIS_DIR", polis_benchmark.DEFAULT_DATA_DIR)
 pytestmark = pytest.mark.skipif(
@@ -39,6 +37,7 @@ def _arguments(tmp_path, **overrides):
         num_draws=2,
         output_dir=str(tmp_path),
         figure=str(tmp_path / "polis.png"),
+        num_workers=1,
     )
     values.update(overrides)
     return polis_benchmark.PolisArguments(**values)
@@ -97,3 +96,24 @@ def test_statement_id_tokens_give_each_statement_its_own_word(tmp_path):
         assert tokenizer.convert_tokens_to_ids(word) != tokenizer.unk_token_id
     first_words = {chosen.split(" ", 1)[0] for chosen in part["chosen"]}
     assert len(first_words) == len(set(part["chosen_item"]))
+
+
+def test_length_grouped_sampler_is_a_permutation_with_less_padding():
+    import numpy as np
+
+    lengths = np.random.default_rng(0).integers(5, 60, size=1000).tolist()
+    sampler = polis_benchmark.LengthGroupedPairSampler(lengths, batch_size=16, chunk_batches=4, seed=0)
+    order = list(sampler)
+    assert sorted(order) == list(range(1000))
+    padded = np.mean([max(lengths[i] for i in order[s : s + 16]) for s in range(0, 1000, 16)])
+    random = np.mean([max(lengths[s : s + 16]) for s in range(0, 1000, 16)])
+    assert padded < random
+    assert list(sampler) != order  # a new shuffle every epoch
+
+
+def test_parallel_jobs_give_the_same_results_as_one_process(tmp_path):
+    one = polis_benchmark.main(_arguments(tmp_path / "one"))["results"][0]
+    two = polis_benchmark.main(_arguments(tmp_path / "two", num_workers=2))["results"][0]
+    for method in ("rfm", "linear"):
+        assert two[method]["curve"] == pytest.approx(one[method]["curve"], abs=1e-6)
+    assert two["rm"]["accuracy"] == pytest.approx(one["rm"]["accuracy"], abs=1e-6)
