@@ -97,19 +97,27 @@ def throughput(args, generator):
     batched, per_user = float(np.median(times)), sklearn_time
     batched_cpu = float(np.median(cpu_times))
     print(f"\n### Throughput: {args.num_users:,} users x {args.num_pairs} pairs x d = {d}\n")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f} at the end")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f} at the end"
+    )
     print("\n| solver | wall time, all users (s) | speed-up (wall) | CPU time, all users (s) | speed-up (CPU) |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| `fit_user_weights` (batched Newton, float32), median of {args.repeats} | {batched:.2f} | "
-          f"{per_user / batched:.0f}x | {batched_cpu:.2f} | {sklearn_cpu_time / batched_cpu:.0f}x |")
-    print(f"| scikit-learn `LogisticRegression` (lbfgs) loop, timed on {n} users and extrapolated "
-          f"x{args.num_users / n:g} | {per_user:.1f} | 1x | {sklearn_cpu_time:.1f} | 1x |")
+    print(
+        f"| `fit_user_weights` (batched Newton, float32), median of {args.repeats} | {batched:.2f} | "
+        f"{per_user / batched:.0f}x | {batched_cpu:.2f} | {sklearn_cpu_time / batched_cpu:.0f}x |"
+    )
+    print(
+        f"| scikit-learn `LogisticRegression` (lbfgs) loop, timed on {n} users and extrapolated "
+        f"x{args.num_users / n:g} | {per_user:.1f} | 1x | {sklearn_cpu_time:.1f} | 1x |"
+    )
     print("\n| solver | held-out accuracy vs true preference | max abs weight difference to scikit-learn |")
     print("|---|---:|---:|")
-    print(f"| `fit_user_weights` | {accuracy(test, weights, true_weights):.4f} "
-          f"(first {n} users: {accuracy(test[:n], weights[:n], true_weights[:n]):.4f}) | "
-          f"{(weights[:n] - sk_weights).abs().max().item():.1e} |")
+    print(
+        f"| `fit_user_weights` | {accuracy(test, weights, true_weights):.4f} "
+        f"(first {n} users: {accuracy(test[:n], weights[:n], true_weights[:n]):.4f}) | "
+        f"{(weights[:n] - sk_weights).abs().max().item():.1e} |"
+    )
     print(f"| scikit-learn (first {n} users) | {accuracy(test[:n], sk_weights, true_weights[:n]):.4f} | 0 |")
 
 
@@ -126,13 +134,18 @@ def active_vs_random(args, generator):
         curves[strategy] = [accuracy(test, w, true_weights) for w in trace.weights]
         print(f"  {strategy}: {time.perf_counter() - start:.1f} s", flush=True)
     batched = simulate_adaptation(
-        x.double(), answers.double(), strategy="information", questions_per_round=5,
+        x.double(),
+        answers.double(),
+        strategy="information",
+        questions_per_round=5,
         **{**common, "num_rounds": args.active_rounds // 5},
     )
     batched_curve = {n: accuracy(test, w, true_weights) for n, w in zip(batched.num_answers, batched.weights)}
 
-    print(f"\n### Active vs random questions: {users} synthetic users, d = {d}, {args.active_candidates} candidate "
-          "comparisons each, noisy (Bradley-Terry) answers\n")
+    print(
+        f"\n### Active vs random questions: {users} synthetic users, d = {d}, {args.active_candidates} candidate "
+        "comparisons each, noisy (Bradley-Terry) answers\n"
+    )
     print("| answers | random | active (1 per round) | active (5 per round) |")
     print("|---:|---:|---:|---:|")
     for n in (0, 5, 10, 15, 20, 30, 40):

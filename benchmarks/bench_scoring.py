@@ -16,6 +16,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402

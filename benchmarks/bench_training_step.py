@@ -15,6 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
@@ -23,8 +24,13 @@ from rich.table import Table  # noqa: E402
 from transformers import AutoModelForSequenceClassification, HfArgumentParser  # noqa: E402
 from trl import RewardConfig, RewardTrainer  # noqa: E402
 
-from trl_rfm import RFMConfig, RFMRewardTrainer, build_tiny_causal_lm, build_tokenizer  # noqa: E402
-from trl_rfm import make_synthetic_preferences  # noqa: E402
+from trl_rfm import (  # noqa: E402
+    RFMConfig,
+    RFMRewardTrainer,
+    build_tiny_causal_lm,
+    build_tokenizer,
+    make_synthetic_preferences,  # noqa: E402
+)
 
 
 @dataclass
@@ -82,8 +88,12 @@ def main(args: BenchmarkArguments) -> None:
         trainers = {"trl.RewardTrainer": trl_trainer, "RFMRewardTrainer": rfm}
         rows = [rfm.train_dataset[i] for i in range(args.batch_pairs)]
         batches = {
-            "trl.RewardTrainer": trl_trainer.data_collator([{k: r[k] for k in ("chosen_ids", "rejected_ids")} for r in rows]),
-            "RFMRewardTrainer": rfm.data_collator([{k: r[k] for k in ("chosen_ids", "rejected_ids", "user_index")} for r in rows]),
+            "trl.RewardTrainer": trl_trainer.data_collator(
+                [{k: r[k] for k in ("chosen_ids", "rejected_ids")} for r in rows]
+            ),
+            "RFMRewardTrainer": rfm.data_collator(
+                [{k: r[k] for k in ("chosen_ids", "rejected_ids", "user_index")} for r in rows]
+            ),
         }
         for trainer in trainers.values():
             trainer.create_optimizer_and_scheduler(num_training_steps=args.steps + 3)
@@ -107,7 +117,9 @@ def main(args: BenchmarkArguments) -> None:
                 timings[name].append(step(name))
 
     baseline = statistics.median(timings["trl.RewardTrainer"])
-    table = Table(title=f"One training step: {args.batch_pairs} pairs, hidden {args.hidden_size}, {args.num_layers} layers")
+    table = Table(
+        title=f"One training step: {args.batch_pairs} pairs, hidden {args.hidden_size}, {args.num_layers} layers"
+    )
     for column in ("trainer", "median ms", "min ms", "ratio to TRL"):
         table.add_column(column, justify="right")
     for name, values in timings.items():

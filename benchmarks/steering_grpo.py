@@ -15,6 +15,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402

@@ -47,7 +47,9 @@ def test_batched_equals_per_user_with_padding():
         alone = fit_user_weights(x[u : u + 1, :n], prior_mean=prior, l2=0.5)[0]
         torch.testing.assert_close(batched[u], alone, atol=1e-8, rtol=0)
     # float32 inputs take the float32 path and agree to float32 precision.
-    torch.testing.assert_close(fit_user_weights(x.float(), mask.float(), prior.float(), 0.5), batched.float(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        fit_user_weights(x.float(), mask.float(), prior.float(), 0.5), batched.float(), atol=1e-4, rtol=0
+    )
 
 
 def test_matches_scikit_learn():
@@ -83,7 +85,9 @@ def test_degenerate_data_stays_finite():
             weights = fit_user_weights(x, l2=l2, targets=targets)
             assert torch.isfinite(weights).all()
     # Ties only: no evidence either way, the prior mean (here 0) is the answer.
-    torch.testing.assert_close(fit_user_weights(ties, targets=torch.full((1, 30), 0.5)), torch.zeros(1, d), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        fit_user_weights(ties, targets=torch.full((1, 30), 0.5)), torch.zeros(1, d), atol=1e-5, rtol=0
+    )
     # Duplicates count as repeated evidence: 10 copies of a pair act like a 10x weight.
     x = torch.randn(1, 3, d, dtype=torch.float64)
     duplicated = fit_user_weights(x.repeat(1, 10, 1))
@@ -117,7 +121,9 @@ def test_posterior_shrinks_with_more_pairs_and_predicts_calibrated():
     x, _ = _synthetic_users(num_users=4, num_pairs=200, d=8, noisy=True)
     few = fit_user_posterior(x[:, :5])
     many = fit_user_posterior(x)
-    assert (many.covariance.diagonal(dim1=-2, dim2=-1).sum(-1) < few.covariance.diagonal(dim1=-2, dim2=-1).sum(-1)).all()
+    assert (
+        many.covariance.diagonal(dim1=-2, dim2=-1).sum(-1) < few.covariance.diagonal(dim1=-2, dim2=-1).sum(-1)
+    ).all()
     torch.testing.assert_close(many.mean, fit_user_weights(x))
     # The predictive probability integrates over the uncertainty: never more confident than the MAP weights alone.
     map_probability = torch.sigmoid(torch.einsum("upd,ud->up", x, few.mean))

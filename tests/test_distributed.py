@@ -73,7 +73,9 @@ def _run(command: list[str], output_dir: Path, threads: int) -> Path:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads)}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)}\nfailed with exit code {result.returncode}:\n{result.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(command)}\nfailed with exit code {result.returncode}:\n{result.stderr[-6000:]}"
+        )
     return output_dir
 
 
@@ -151,10 +153,10 @@ def assert_same_training(reference: Path, candidate: Path) -> None:
     for name, tensor in weights.items():
         if ".original_module." in name:  # PEFT's unused copy of a `modules_to_save` module: random at load, not saved
             continue
-        torch.testing.assert_close(tensor, expected_weights[name], atol=WEIGHT_ATOL, rtol=0, msg=lambda m: f"{name}: {m}")
-    torch.testing.assert_close(
-        _rewards(candidate, base), _rewards(reference, expected_base), atol=REWARD_ATOL, rtol=0
-    )
+        torch.testing.assert_close(
+            tensor, expected_weights[name], atol=WEIGHT_ATOL, rtol=0, msg=lambda m: f"{name}: {m}"
+        )
+    torch.testing.assert_close(_rewards(candidate, base), _rewards(reference, expected_base), atol=REWARD_ATOL, rtol=0)
 
 
 @pytest.fixture(scope="module")

@@ -27,22 +27,38 @@ def _ratings(num_users=6, num_items=12):
     rows = []
     for u in range(num_users):
         for i in range(num_items):
-            rows.append({"user_id": f"u{u}", "prompt": "p", "response": f"item {i}", "rating": (i * (u + 3)) % 5, "item": i})
+            rows.append(
+                {"user_id": f"u{u}", "prompt": "p", "response": f"item {i}", "rating": (i * (u + 3)) % 5, "item": i}
+            )
     return Dataset.from_list(rows)
 
 
 def test_rating_split_leaks_no_item_and_pair_split_does():
     ratings = _ratings()
-    adaptation, test = split_rated_items_for_evaluation(ratings, test_fraction=0.5, seed=0, make_pairs=lambda r: pairs_from_ratings(r, item_column="item"))
+    adaptation, test = split_rated_items_for_evaluation(
+        ratings, test_fraction=0.5, seed=0, make_pairs=lambda r: pairs_from_ratings(r, item_column="item")
+    )
     assert len(adaptation) > 0 and len(test) > 0
     for user in set(test["user_id"]):
-        adapt_items = {i for row in adaptation.filter(lambda r: r["user_id"] == user) for i in (row["chosen_item"], row["rejected_item"])}
-        test_items = {i for row in test.filter(lambda r: r["user_id"] == user) for i in (row["chosen_item"], row["rejected_item"])}
+        adapt_items = {
+            i
+            for row in adaptation.filter(lambda r: r["user_id"] == user)
+            for i in (row["chosen_item"], row["rejected_item"])
+        }
+        test_items = {
+            i
+            for row in test.filter(lambda r: r["user_id"] == user)
+            for i in (row["chosen_item"], row["rejected_item"])
+        }
         assert not adapt_items & test_items
     # The naive split of the pairs themselves puts the same rated item on both sides.
     pool, held = split_pairs_by_user(pairs_from_ratings(ratings, item_column="item"), test_pairs_per_user=10)
-    user_pool = {i for row in pool.filter(lambda r: r["user_id"] == "u0") for i in (row["chosen_item"], row["rejected_item"])}
-    user_test = {i for row in held.filter(lambda r: r["user_id"] == "u0") for i in (row["chosen_item"], row["rejected_item"])}
+    user_pool = {
+        i for row in pool.filter(lambda r: r["user_id"] == "u0") for i in (row["chosen_item"], row["rejected_item"])
+    }
+    user_test = {
+        i for row in held.filter(lambda r: r["user_id"] == "u0") for i in (row["chosen_item"], row["rejected_item"])
+    }
     assert user_pool & user_test
 
 
@@ -87,7 +103,9 @@ def test_score_head_features_reproduce_the_reward_model(tokenizer, tiny_lm, tmp_
     tokenized = tokenize_preferences(data.train, tokenizer)
     expected = []
     for row in tokenized:
-        scores = [model(input_ids=torch.tensor([ids])).logits[0, 0] for ids in (row["chosen_ids"], row["rejected_ids"])]
+        scores = [
+            model(input_ids=torch.tensor([ids])).logits[0, 0] for ids in (row["chosen_ids"], row["rejected_ids"])
+        ]
         expected.append(scores[0] - scores[1])
     torch.testing.assert_close(margins, torch.stack(expected).detach(), atol=1e-5, rtol=1e-4)
     features = compute_score_head_input_differences(model, tokenizer, data.train, show_progress=False)
@@ -98,8 +116,14 @@ def test_user_id_goes_into_the_prompt():
     data = Dataset.from_list([{"prompt": "hi ?", "chosen": "a", "rejected": "b", "user_id": 7}])
     assert add_user_id_to_prompt(data)[0]["prompt"] == "user 7 : hi ?"
     chat = Dataset.from_list(
-        [{"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "a"}],
-          "rejected": [{"role": "assistant", "content": "b"}], "user_id": "x"}]
+        [
+            {
+                "prompt": [{"role": "user", "content": "hi"}],
+                "chosen": [{"role": "assistant", "content": "a"}],
+                "rejected": [{"role": "assistant", "content": "b"}],
+                "user_id": "x",
+            }
+        ]
     )
     assert add_user_id_to_prompt(chat)[0]["prompt"][0] == {"role": "system", "content": "user x"}
 
@@ -132,15 +156,32 @@ def test_adapt_cli_adds_the_user(tmp_path, tokenizer, tiny_lm):
     data = make_synthetic_preferences(num_users=0, num_heldout_users=1, heldout_pairs_per_user=12)
     data.heldout.remove_columns("user_id").to_json(tmp_path / "alice.jsonl")
     adapt_main(
-        ["--model_name_or_path", str(tmp_path / "model"), "--comparisons_file", str(tmp_path / "alice.jsonl"),
-         "--user_id", "alice", "--output_dir", str(tmp_path / "adapted")]
+        [
+            "--model_name_or_path",
+            str(tmp_path / "model"),
+            "--comparisons_file",
+            str(tmp_path / "alice.jsonl"),
+            "--user_id",
+            "alice",
+            "--output_dir",
+            str(tmp_path / "adapted"),
+        ]
     )
     adapted = RewardFeatureModel.from_pretrained(tmp_path / "adapted")
     assert adapted.user_ids == ["user_0", "user_1", "alice"]
     assert not torch.allclose(adapted.get_user_weights(["alice"])[0], adapted.get_population_weights())
     adapt_main(
-        ["--model_name_or_path", str(tmp_path / "model"), "--comparisons_file", str(tmp_path / "alice.jsonl"),
-         "--user_id", "alice", "--output_dir", str(tmp_path / "alice_only"), "--weights_only"]
+        [
+            "--model_name_or_path",
+            str(tmp_path / "model"),
+            "--comparisons_file",
+            str(tmp_path / "alice.jsonl"),
+            "--user_id",
+            "alice",
+            "--output_dir",
+            str(tmp_path / "alice_only"),
+            "--weights_only",
+        ]
     )
     from trl_rfm import load_user_weights
 
@@ -149,11 +190,25 @@ def test_adapt_cli_adds_the_user(tmp_path, tokenizer, tiny_lm):
     torch.testing.assert_close(alone.weights[0], adapted.get_user_weights(["alice"])[0])
     with pytest.raises(ValueError, match="empty string"):
         adapt_main(
-            ["--model_name_or_path", str(tmp_path / "model"), "--comparisons_file", str(tmp_path / "alice.jsonl"),
-             "--user_id", " ", "--output_dir", str(tmp_path / "x")]
+            [
+                "--model_name_or_path",
+                str(tmp_path / "model"),
+                "--comparisons_file",
+                str(tmp_path / "alice.jsonl"),
+                "--user_id",
+                " ",
+                "--output_dir",
+                str(tmp_path / "x"),
+            ]
         )
     with pytest.raises(ValueError, match="no 'user_id' column"):
         adapt_main(
-            ["--model_name_or_path", str(tmp_path / "model"), "--comparisons_file", str(tmp_path / "alice.jsonl"),
-             "--output_dir", str(tmp_path / "x")]
+            [
+                "--model_name_or_path",
+                str(tmp_path / "model"),
+                "--comparisons_file",
+                str(tmp_path / "alice.jsonl"),
+                "--output_dir",
+                str(tmp_path / "x"),
+            ]
         )

@@ -40,7 +40,9 @@ class FakeHub:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(operation.path_or_fileobj, target)
         files = sorted(operation.path_in_repo for operation in operations)
-        self.commits.append({"repo_id": repo_id, "message": commit_message, "files": files, "folder": folder, **kwargs})
+        self.commits.append(
+            {"repo_id": repo_id, "message": commit_message, "files": files, "folder": folder, **kwargs}
+        )
         return CommitInfo(
             commit_url=f"https://huggingface.co/{repo_id}/commit/{'0' * 40}",
             commit_message=commit_message,

@@ -22,7 +22,9 @@ def _batch(tokenizer, texts, padding_side="right"):
 
 
 def test_config_is_a_reward_model_config():
-    config = RewardFeatureConfig(text_config={"model_type": "llama", "hidden_size": 16, "num_attention_heads": 2}, num_features=4)
+    config = RewardFeatureConfig(
+        text_config={"model_type": "llama", "hidden_size": 16, "num_attention_heads": 2}, num_features=4
+    )
     assert config.num_labels == 1  # TRL's RewardTrainer requires it
     with pytest.raises(ValueError, match="num_features=1"):
         RewardFeatureConfig(num_features=1)

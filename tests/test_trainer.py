@@ -48,7 +48,9 @@ def test_personal_weights_beat_population_when_raters_disagree(tmp_path, synthet
     assert metrics["eval_accuracy"] - metrics["eval_population_accuracy"] > 0.15
     # Every rater has the same number of test pairs, so per-user (macro) and per-pair accuracies coincide.
     assert metrics["eval_user_macro_accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-6)
-    assert metrics["eval_population_user_macro_accuracy"] == pytest.approx(metrics["eval_population_accuracy"], abs=1e-6)
+    assert metrics["eval_population_user_macro_accuracy"] == pytest.approx(
+        metrics["eval_population_accuracy"], abs=1e-6
+    )
 
 
 def test_personal_and_population_match_without_disagreement(tmp_path, tokenizer, tiny_lm):
@@ -96,7 +98,9 @@ def _rows(data, n=64):
 
 @pytest.mark.parametrize("conversational", [False, True], ids=["standard", "conversational"])
 @pytest.mark.parametrize("explicit_prompt", [False, True], ids=["implicit", "explicit"])
-def test_all_four_trl_preference_formats(tmp_path, synthetic_strong, tokenizer, tiny_lm, conversational, explicit_prompt):
+def test_all_four_trl_preference_formats(
+    tmp_path, synthetic_strong, tokenizer, tiny_lm, conversational, explicit_prompt
+):
     rows = []
     for row in _rows(synthetic_strong):
         prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
@@ -195,7 +199,10 @@ def test_continuing_training_keeps_rows_and_adds_new_users(tmp_path, synthetic_s
     model = RewardFeatureModel.from_backbone(tiny_lm, num_features=8, user_ids=["user_0", "someone_else"])
     weights = model.get_user_weights(["someone_else"]).detach().clone()
     trainer = RFMRewardTrainer(
-        model=model, args=_args(tmp_path, max_steps=1), train_dataset=synthetic_strong.train, processing_class=tokenizer
+        model=model,
+        args=_args(tmp_path, max_steps=1),
+        train_dataset=synthetic_strong.train,
+        processing_class=tokenizer,
     )
     assert trainer.model.user_ids[:2] == ["user_0", "someone_else"]
     assert trainer.model.num_users == 1 + len(set(synthetic_strong.train["user_id"]))
@@ -206,7 +213,9 @@ def test_a_plain_reward_config_is_upgraded(tmp_path, synthetic_strong, tokenizer
     from trl import RewardConfig
 
     args = RewardConfig(output_dir=str(tmp_path), max_steps=1, bf16=False, use_cpu=True, report_to="none", seed=3)
-    trainer = RFMRewardTrainer(model=tiny_lm, args=args, train_dataset=synthetic_strong.train, processing_class=tokenizer)
+    trainer = RFMRewardTrainer(
+        model=tiny_lm, args=args, train_dataset=synthetic_strong.train, processing_class=tokenizer
+    )
     assert isinstance(trainer.args, RFMConfig) and trainer.args.seed == 3 and trainer.args.num_features == 32
 
 
@@ -223,3 +232,17 @@ def test_user_table_has_its_own_learning_rate_and_no_weight_decay(tmp_path, synt
     assert group["lr"] == 0.05 and group["weight_decay"] == 0.0
     others = [p for g in optimizer.param_groups if g is not group for p in g["params"]]
     assert all(p is not table for p in others)
+
+
+def test_user_table_learning_rate_defaults_to_ten_times_the_backbone_rate(
+    tmp_path, synthetic_strong, tokenizer, tiny_lm
+):
+    args = _args(tmp_path, learning_rate=2e-4)
+    args.user_weights_learning_rate = None
+    trainer = RFMRewardTrainer(
+        model=tiny_lm, args=args, train_dataset=synthetic_strong.train, processing_class=tokenizer
+    )
+    optimizer = trainer.create_optimizer()
+    table = trainer.model.user_weights.weight
+    (group,) = [g for g in optimizer.param_groups if any(p is table for p in g["params"])]
+    assert group["lr"] == pytest.approx(2e-3)

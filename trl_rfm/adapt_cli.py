@@ -50,8 +50,10 @@ def run_adapt(args: AdaptArguments):
 
     console = Console()
     if args.weights_only and os.path.abspath(args.output_dir) == os.path.abspath(args.model_name_or_path):
-        raise ValueError("With --weights_only, --output_dir must differ from the model's folder (it would replace "
-                         "the model's user table by the new users alone).")
+        raise ValueError(
+            "With --weights_only, --output_dir must differ from the model's folder (it would replace "
+            "the model's user table by the new users alone)."
+        )
     extension = os.path.splitext(args.comparisons_file)[1].lstrip(".").lower()
     builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(extension)
     if builder is None:

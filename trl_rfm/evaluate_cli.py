@@ -53,8 +53,9 @@ def run_evaluation(data_args: EvaluateDataArguments, config: AdaptationEvaluatio
     true_user_weights = None
     if any(files):
         if not all(files) or data_args.model_name_or_path is None:
-            raise ValueError("Evaluating your data needs --train_file, --adaptation_file, --test_file and "
-                             "--model_name_or_path.")
+            raise ValueError(
+                "Evaluating your data needs --train_file, --adaptation_file, --test_file and --model_name_or_path."
+            )
         from transformers import AutoTokenizer
 
         train, adaptation, test = (_load(f) for f in files)

@@ -477,8 +477,19 @@ def evaluate_adaptation(
 
     if "id_rm" in methods:
         accuracy["id_rm"] = _evaluate_id_rm(
-            backbone, processing_class, train_dataset, adaptation_dataset, test_dataset, heldout_users, draws,
-            shots, config, user_column, extra_columns, work_dir, log,
+            backbone,
+            processing_class,
+            train_dataset,
+            adaptation_dataset,
+            test_dataset,
+            heldout_users,
+            draws,
+            shots,
+            config,
+            user_column,
+            extra_columns,
+            work_dir,
+            log,
         )
 
     if "oracle" in methods:
@@ -507,8 +518,19 @@ def evaluate_adaptation(
 
 
 def _evaluate_id_rm(
-    backbone, processing_class, train_dataset, adaptation_dataset, test_dataset, heldout_users, draws, shots, config,
-    user_column, extra_columns, work_dir, log,
+    backbone,
+    processing_class,
+    train_dataset,
+    adaptation_dataset,
+    test_dataset,
+    heldout_users,
+    draws,
+    shots,
+    config,
+    user_column,
+    extra_columns,
+    work_dir,
+    log,
 ):
     """Trains the id-in-prompt reward model, then for each k and draw fine-tunes a copy on the drawn pairs of all
     held-out users at once (their ids tell them apart) and scores their test pairs."""
@@ -574,4 +596,3 @@ def _evaluate_id_rm(
             per_draw.append(score(fine_tuner.model))
         results[str(k)] = _summary(per_draw)
     return results
-

@@ -114,7 +114,7 @@ def _rfm_section(model, repo, is_adapter, num_training_users, includes_user_weig
     num_training_users = model.num_users if num_training_users is None else num_training_users
     if includes_user_weights is None:
         users = (
-            f"Their weights and ids, personal data, are in `user_weights.safetensors` when this folder has it; "
+            "Their weights and ids, personal data, are in `user_weights.safetensors` when this folder has it; "
             "`push_to_hub` leaves them out unless asked (`push_user_weights=True`)."
         )
     elif includes_user_weights:

@@ -135,7 +135,9 @@ class RewardFeatureModel(PreTrainedModel):
         elif isinstance(backbone, PreTrainedModel):
             trunk = backbone.base_model
         else:
-            raise TypeError(f"`backbone` must be a model id/path, a config or a PreTrainedModel, got {type(backbone)}.")
+            raise TypeError(
+                f"`backbone` must be a model id/path, a config or a PreTrainedModel, got {type(backbone)}."
+            )
         if isinstance(trunk, RewardFeatureModel):
             raise ValueError("`backbone` is already a RewardFeatureModel.")
         attn_implementation = trunk.config._attn_implementation  # the config's init would reset it on the trunk
@@ -197,7 +199,9 @@ class RewardFeatureModel(PreTrainedModel):
         if unknown:
             shown = ", ".join(repr(u) for u in sorted(set(unknown))[:5])
             if strict:
-                raise KeyError(f"Unknown user id(s): {shown}. Known users: {self.num_users}; add them with `add_users`.")
+                raise KeyError(
+                    f"Unknown user id(s): {shown}. Known users: {self.num_users}; add them with `add_users`."
+                )
             warnings.warn(f"Unknown user id(s) {shown}: scoring them with the population weights.", stacklevel=2)
         return torch.tensor(indices, dtype=torch.long, device=self.user_weights.weight.device)
 

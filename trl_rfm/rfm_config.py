@@ -43,7 +43,10 @@ class RFMConfig(RewardConfig):
             Weight of the Bradley-Terry loss of the population weights on every comparison (with
             `population_weights="learned"` and at least one user).
         user_weights_learning_rate (`float`, *optional*):
-            Learning rate of the user table and the population weights; `None` uses `learning_rate`.
+            Learning rate of the user table and the population weights; `None` means `10 * learning_rate`. A user's
+            row is updated only in the steps whose batch holds one of their comparisons, while the features are
+            updated in every step: at the backbone's learning rate the rows lag behind the features they are read
+            with (on synthetic raters this costs up to 10 points, see `docs/results.md`).
         feature_covariance_l2 (`float`, *optional*, defaults to `0.0`):
             Coefficient of `||Cov(phi) - I||_F^2 / d` over the responses of each batch: pushes the features towards
             decorrelated, unit-variance directions, which fixes their scale without a non-linear normalisation and
@@ -95,7 +98,10 @@ class RFMConfig(RewardConfig):
     )
     user_weights_learning_rate: float | None = field(
         default=None,
-        metadata={"help": "Learning rate of the user table and population weights; `None` uses `learning_rate`."},
+        metadata={
+            "help": "Learning rate of the user table and population weights; `None` means 10 x `learning_rate` (rows "
+            "are updated only when their user is in the batch)."
+        },
     )
 
     feature_covariance_l2: float = field(

@@ -42,6 +42,7 @@ from .user_weights_io import USER_WEIGHTS_NAME
 DEFAULT_USER_COLUMN = "user_id"
 USER_INDEX = "user_index"
 RFM_MODULES_TO_SAVE = ("feature_head", "user_weights")
+USER_WEIGHTS_LEARNING_RATE_RATIO = 10.0  # default user-table lr relative to `learning_rate` (see RFMConfig)
 
 
 def resolve_user_column(dataset: Dataset | IterableDataset, args: RFMConfig) -> str | None:
@@ -316,7 +317,9 @@ class RFMRewardTrainer(RewardTrainer):
         user_ids = {id(p) for p in user_parameters}
         for group in optimizer.param_groups:
             group["params"] = [p for p in group["params"] if id(p) not in user_ids]
-        learning_rate = self.args.user_weights_learning_rate or self.args.learning_rate
+        learning_rate = self.args.user_weights_learning_rate
+        if learning_rate is None:
+            learning_rate = USER_WEIGHTS_LEARNING_RATE_RATIO * self.args.learning_rate
         optimizer.add_param_group({"params": user_parameters, "lr": learning_rate, "weight_decay": 0.0})
         return optimizer
 

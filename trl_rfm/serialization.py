@@ -37,8 +37,8 @@ from transformers import PreTrainedModel
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file, logging
 from transformers.utils.hub import hf_api
 
-from .user_weights import UserWeights
 from . import user_weights_io
+from .user_weights import UserWeights
 from .user_weights_io import USER_WEIGHTS_NAME, UserWeightsFileError, feature_fingerprint, load_user_weights
 
 

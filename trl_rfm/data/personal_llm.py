@@ -125,8 +125,10 @@ def load_personal_llm(
 
     # scores[p, i, k]: reward model k's score of response i to prompt p, standardised per reward model.
     scores = np.stack(
-        [np.stack([np.asarray(column_values(raw, f"{r}_{rm}"), dtype=float) for rm in reward_models], -1)
-         for r in responses],
+        [
+            np.stack([np.asarray(column_values(raw, f"{r}_{rm}"), dtype=float) for rm in reward_models], -1)
+            for r in responses
+        ],
         axis=1,
     )
     mean, std = np.nanmean(scores, axis=(0, 1)), np.nanstd(scores, axis=(0, 1))

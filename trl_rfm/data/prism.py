@@ -40,9 +40,7 @@ PRISM_CONFIG = "conversations"
 _REQUIRED = ["conversation_id", "conversation_history"]
 
 
-def prism_turn_pairs(
-    history: Sequence[dict], with_margin: bool = False, min_score_gap: float = 1.0
-) -> list[dict]:
+def prism_turn_pairs(history: Sequence[dict], with_margin: bool = False, min_score_gap: float = 1.0) -> list[dict]:
     """Preference pairs of one PRISM conversation: `prompt` (messages), `chosen`/`rejected` (one assistant message
     each), `turn`, `chosen_item`/`rejected_item` (`within_turn_id`) and, with `with_margin`, `margin`.
 

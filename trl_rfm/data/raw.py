@@ -46,9 +46,7 @@ def load_raw_split(
     return load_dataset(path, name, split=split, data_files=data_files)
 
 
-def require_columns(
-    dataset: Dataset, columns: Iterable[str], *, source: str, rater_column: str | None = None
-) -> None:
+def require_columns(dataset: Dataset, columns: Iterable[str], *, source: str, rater_column: str | None = None) -> None:
     """Raise a `ValueError` naming the missing columns (and the rater column, if it is among them).
 
     Args:
