@@ -423,7 +423,7 @@ def polis_parts(args: PolisArguments, seed: int) -> tuple[dict[str, Dataset], li
 
 
 def run_seed(args: PolisArguments, seed: int) -> dict:
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     timing = {}
     parts, texts = polis_parts(args, seed)
     tokenizer = build_tokenizer(texts + [" :"])
@@ -512,6 +512,8 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
         timing["rm_eval_seconds"] = time.time() - t
         print(f"[seed {seed}] rm {result['rm']} linear {result.get('linear')}", flush=True)
     result["seconds"] = time.time() - start
+    # CPU seconds of this process: what the run costs on an idle core, whatever else the machine was running.
+    timing[f"{'_'.join(methods)}_cpu_seconds"] = time.process_time() - cpu_start
     result["timing"] = timing
     print(
         f"[seed {seed}] seconds {result['seconds']:.0f} rfm_train {result.get('rfm_train_seconds', 0):.0f} "
