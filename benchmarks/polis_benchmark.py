@@ -47,6 +47,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import datasets  # noqa: E402
@@ -72,6 +73,7 @@ from trl_rfm import (  # noqa: E402
     tokenize_preferences,
 )
 from trl_rfm.data import load_polis_votes, make_polis_pairs, split_polis_votes, split_users  # noqa: E402
+
 
 POLIS_ATTRIBUTION = (
     "Data was gathered using the Polis software (compdemocracy.org/polis) and is sub-licensed under CC BY 4.0 with "

@@ -8,10 +8,12 @@ import sys
 
 import pytest
 
+
 BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 
 import polis_benchmark  # noqa: E402
+
 
 DATA_DIR = os.environ.get("TRL_RFM_POLIS_DIR", polis_benchmark.DEFAULT_DATA_DIR)
 pytestmark = pytest.mark.skipif(
