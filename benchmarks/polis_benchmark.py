@@ -149,6 +149,14 @@ class PolisArguments(ModelArguments):
             "so that the backbone can learn one embedding per statement (a control for the text encoder)."
         },
     )
+    precision_grid: str = field(
+        default="",
+        metadata={
+            "help": "Diagnostic: comma-separated prior precisions at which the held-out adaptation curves are also "
+            "evaluated, and the training participants' rows refitted on their frozen features (read on held-out "
+            "answers, so a diagnostic of the prior and of the jointly trained rows, not a result to report as tuned)."
+        },
+    )
     merge: str | None = field(
         default=None,
         metadata={
@@ -424,6 +432,32 @@ def polis_parts(args: PolisArguments, seed: int) -> tuple[dict[str, Dataset], li
     return parts, texts
 
 
+def _precisions(args: PolisArguments) -> list[float]:
+    return [float(v) for v in args.precision_grid.split(",") if v]
+
+
+def precision_diagnostics(model, tokenizer, parts, diffs, adapt, test, population, model_l2, args, seed) -> dict:
+    """Two diagnostics of the gap to the reference: (1) the held-out curve at fixed prior precisions, to see whether
+    `prior_from_model`'s precision holds new participants too close to the population; (2) the training
+    participants' rows refitted by MAP logistic regression on their own training pairs with the features frozen, at
+    each precision, scored on their `val` votes beside the rows SGD trained jointly with the features."""
+    shots = [int(k) for k in args.shots.split(",")]
+    curves = {
+        l2: adaptation_curve(*adapt, *test, population, l2, shots, args.num_draws, seed) for l2 in _precisions(args)
+    }
+    train_diffs = in_length_order(
+        lambda d: compute_feature_differences(model, tokenizer, d, 256, show_progress=False), parts["train"]
+    )
+    val_x, val_mask, val_users = group_by_user(diffs["val"], parts["val"]["user_id"])
+    train_x, train_mask = grouped(train_diffs, parts["train"]["user_id"], val_users)
+    refit = {}
+    for l2 in [*_precisions(args), model_l2]:
+        weights = fit_user_weights(train_x, train_mask, population, l2)
+        margins = torch.einsum("upd,ud->up", val_x, weights)
+        refit[l2] = (((margins > 0).float() * val_mask).sum() / val_mask.sum()).item()
+    return {"curve_by_l2": curves, "seen_users_refit_accuracy_by_l2": refit}
+
+
 def run_seed(args: PolisArguments, seed: int) -> dict:
     start, cpu_start = time.time(), time.process_time()
     timing = {}
@@ -491,6 +525,10 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
                 )
             },
         }
+        if args.precision_grid:
+            result["rfm"].update(
+                precision_diagnostics(model, tokenizer, parts, diffs, adapt, test, population, model_l2, args, seed)
+            )
         timing["rfm_eval_seconds"] = time.time() - t
         print(f"[seed {seed}] rfm {result['rfm']}", flush=True)
     if "rm" in methods or "linear" in methods:
@@ -511,6 +549,13 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
         if "linear" in methods:
             curve, l2 = evaluate_features(diffs, parts, head, shots, args.num_draws, seed)
             result["linear"] = {"curve": curve, "l2": l2}
+            if args.precision_grid:
+                users = sorted(set(parts["heldout_test"]["user_id"]))
+                adapt = grouped(diffs["heldout_adaptation"], parts["heldout_adaptation"]["user_id"], users)
+                result["linear"]["curve_by_l2"] = {
+                    l2: adaptation_curve(*adapt, test_x, test_mask, head, l2, shots, args.num_draws, seed)
+                    for l2 in _precisions(args)
+                }
         timing["rm_eval_seconds"] = time.time() - t
         print(f"[seed {seed}] rm {result['rm']} linear {result.get('linear')}", flush=True)
     result["seconds"] = time.time() - start
@@ -621,6 +666,8 @@ def main(args: PolisArguments) -> dict:
                         for key in ("curve", "curve_evidence"):
                             if key in result.get(method, {}):
                                 result[method][key] = {int(k): v for k, v in result[method][key].items()}
+                        for l2, curve in result.get(method, {}).get("curve_by_l2", {}).items():
+                            result[method]["curve_by_l2"][l2] = {int(k): v for k, v in curve.items()}
                     results.append(result)
     else:
         results = run_seeds(args)
