@@ -149,6 +149,14 @@ class PolisArguments(ModelArguments):
             "so that the backbone can learn one embedding per statement (a control for the text encoder)."
         },
     )
+    statement_text: bool = field(
+        default=True,
+        metadata={
+            "help": "With `statement_id_tokens`, False replaces each statement by its id word alone: the RFM becomes "
+            "a factorisation of the participant x statement votes (a free feature vector per statement), the "
+            "control that separates the text encoder from the training of the features and rows."
+        },
+    )
     precision_grid: str = field(
         default="",
         metadata={
@@ -413,7 +421,10 @@ def polis_parts(args: PolisArguments, seed: int) -> tuple[dict[str, Dataset], li
         # One word per statement, unique across conversations (the word-level tokenizer gives it its own embedding).
         index = {c: i for i, c in enumerate(sorted(set(votes["conversation"])))}
         votes = votes.map(
-            lambda row: {"statement": f"s{index[row['conversation']]}_{row['comment_id']} {row['statement']}"}
+            lambda row: {
+                "statement": f"s{index[row['conversation']]}_{row['comment_id']}"
+                + (f" {row['statement']}" if args.statement_text else "")
+            }
         )
     if args.max_users is not None:
         users = sorted(set(votes["user_id"]))

@@ -23,14 +23,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from transformers import HfArgumentParser  # noqa: E402
-
 from polis_benchmark import (  # noqa: E402
     ModelArguments,
     adaptation_curve,
@@ -41,8 +40,15 @@ from polis_benchmark import (  # noqa: E402
     train_reward_model,
     train_rfm,
 )
-from trl_rfm import build_tokenizer, compute_feature_differences, make_synthetic_preferences, prior_from_model  # noqa: E402
-from trl_rfm import effective_dimension  # noqa: E402
+from transformers import HfArgumentParser  # noqa: E402
+
+from trl_rfm import (  # noqa: E402
+    build_tokenizer,
+    compute_feature_differences,
+    effective_dimension,  # noqa: E402
+    make_synthetic_preferences,
+    prior_from_model,
+)
 
 
 @dataclass
@@ -103,9 +109,16 @@ def run_cell(args: SweepArguments, num_raters: int, disagreement: float, seed: i
         # Main curve: the library's default prior for new users (`prior_from_model`), as in the Polis benchmark.
         curve = adaptation_curve(*adapt, *test_x, population, model_l2, shots, args.num_draws, seed)
         test = parts["heldout_test"]
-        phi = response_features(model, tokenizer, list(test["prompt"]) * 2, list(test["chosen"]) + list(test["rejected"]))
-        result[f"rfm_d{d}"] = {"curve": curve, "l2": model_l2, "curve_evidence": evidence_curve,
-                               "evidence_l2": evidence_l2, "effective_dimension": effective_dimension(phi)}
+        phi = response_features(
+            model, tokenizer, list(test["prompt"]) * 2, list(test["chosen"]) + list(test["rejected"])
+        )
+        result[f"rfm_d{d}"] = {
+            "curve": curve,
+            "l2": model_l2,
+            "curve_evidence": evidence_curve,
+            "evidence_l2": evidence_l2,
+            "effective_dimension": effective_dimension(phi),
+        }
     rm = train_reward_model(data.train, tokenizer, cell_args, seed)
     diffs = {n: reward_model_hidden_differences(rm, tokenizer, parts[n]) for n in names}
     head = rm.score.weight[0].detach().float()
@@ -135,8 +148,9 @@ def plot(results: list[dict], args: SweepArguments, path: str) -> None:
                 values = []
                 for x in disagreements:
                     cell = [r for r in results if r["raters"] == n and r["disagreement"] == x]
-                    values.append(100 * np.mean([c[key]["curve"][kk] if "curve" in c[key] else c[key]["accuracy"]
-                                                 for c in cell]))
+                    values.append(
+                        100 * np.mean([c[key]["curve"][kk] if "curve" in c[key] else c[key]["accuracy"] for c in cell])
+                    )
                 return values
 
             for d in dims:
@@ -165,8 +179,9 @@ def main(args: SweepArguments) -> list[dict]:
                 results.append(run_cell(args, n, x, seed))
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump({"arguments": asdict(args), "results": results, "seconds": time.time() - start}, f, indent=1,
-                  default=float)
+        json.dump(
+            {"arguments": asdict(args), "results": results, "seconds": time.time() - start}, f, indent=1, default=float
+        )
     if args.figure:
         plot(results, args, args.figure)
     return results
