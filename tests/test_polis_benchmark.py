@@ -119,3 +119,25 @@ def test_parallel_jobs_give_the_same_results_as_one_process(tmp_path):
     for method in ("rfm", "linear"):
         assert two[method]["curve"] == pytest.approx(one[method]["curve"], abs=1e-6)
     assert two["rm"]["accuracy"] == pytest.approx(one["rm"]["accuracy"], abs=1e-6)
+
+
+def test_statement_id_alone_replaces_the_text(tmp_path):
+    arguments = _arguments(tmp_path, statement_id_tokens=True, statement_text=False)
+    parts, _ = polis_benchmark.polis_parts(arguments, seed=0)
+    part = parts["train"]
+    assert part["chosen"] == [f"s0_{item}" for item in part["chosen_item"]]
+    assert part["rejected"] == [f"s0_{item}" for item in part["rejected_item"]]
+
+
+def test_precision_grid_diagnostics(tmp_path):
+    report = polis_benchmark.main(_arguments(tmp_path, precision_grid="3,30", methods="rfm,rm,linear"))
+    (result,) = report["results"]
+    for method in ("rfm", "linear"):
+        curves = result[method]["curve_by_l2"]
+        assert sorted(curves) == [3.0, 30.0]
+        # k = 0 is the prior mean whatever the precision: the population weights / the RM's score head.
+        for curve in curves.values():
+            assert curve[0] == pytest.approx(result[method]["curve"][0])
+    refit = result["rfm"]["seen_users_refit_accuracy_by_l2"]
+    assert set(refit) == {3.0, 30.0, result["rfm"]["l2"]}
+    assert all(0.0 <= accuracy <= 1.0 for accuracy in refit.values())
