@@ -176,7 +176,10 @@ def _newton(x, mask, targets, prior, l2, max_iter, tol):
         logits = torch.einsum("upd,ud->up", xa, wa)
         hessian, probabilities = _hessian(logits, xa, ma, la)
         gradient = torch.einsum("up,upd->ud", (probabilities - ta) * ma, xa) + la[:, None] * (wa - pa)
-        step = torch.cholesky_solve(gradient[..., None], _cholesky(hessian))[..., 0]  # [A, d]
+        factor = _cholesky(hessian)
+        # Two triangular solves: 2-3x faster than `cholesky_solve` on CPU for many small systems.
+        half = torch.linalg.solve_triangular(factor, gradient[..., None], upper=False)
+        step = torch.linalg.solve_triangular(factor.mT, half, upper=True)[..., 0]  # [A, d]
         decrement = (gradient * step).sum(-1)  # squared Newton decrement: twice the predicted decrease
         logits_step = torch.einsum("upd,ud->up", xa, step)
         candidate, candidate_loss = wa - step, _objective(wa - step, xa, ta, ma, pa, la, logits - logits_step)
