@@ -95,6 +95,7 @@ class ModelArguments:
     user_weights_learning_rate: float | None = field(
         default=None, metadata={"help": "RFM user-table learning rate; unset: the RFMConfig default."}
     )
+    feature_head_learning_rate: float | None = field(default=None, metadata={"help": "Unset: RFMConfig default."})
     user_weights_l2: float | None = field(default=None, metadata={"help": "RFM prior; unset: RFMConfig default."})
     feature_normalization: str | None = field(default=None, metadata={"help": "`rms`/`none`; unset: default."})
     feature_covariance_l2: float | None = field(default=None, metadata={"help": "Unset: RFMConfig default."})
@@ -178,6 +179,7 @@ class PolisArguments(ModelArguments):
 def _overrides(args: ModelArguments) -> dict:
     names = (
         "user_weights_learning_rate",
+        "feature_head_learning_rate",
         "user_weights_l2",
         "feature_normalization",
         "feature_covariance_l2",
@@ -530,6 +532,7 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
                     "feature_normalization",
                     "user_weights_l2",
                     "user_weights_learning_rate",
+                    "feature_head_learning_rate",
                     "feature_covariance_l2",
                     "learning_rate",
                     "num_train_epochs",

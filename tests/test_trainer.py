@@ -246,3 +246,24 @@ def test_user_table_learning_rate_defaults_to_ten_times_the_backbone_rate(
     table = trainer.model.user_weights.weight
     (group,) = [g for g in optimizer.param_groups if any(p is table for p in g["params"])]
     assert group["lr"] == pytest.approx(2e-3)
+
+
+def test_feature_head_learning_rate_keeps_weight_decay_of_its_groups(tmp_path, synthetic_strong, tokenizer, tiny_lm):
+    trainer = RFMRewardTrainer(
+        model=tiny_lm,
+        args=_args(tmp_path, learning_rate=1e-3, weight_decay=0.1, feature_head_learning_rate=2e-2),
+        train_dataset=synthetic_strong.train,
+        processing_class=tokenizer,
+    )
+    optimizer = trainer.create_optimizer()
+    head = dict(trainer.model.feature_head.named_parameters())
+    for name, parameter in head.items():
+        (group,) = [g for g in optimizer.param_groups if any(p is parameter for p in g["params"])]
+        assert group["lr"] == pytest.approx(2e-2)
+        # transformers decays weights but not biases; the head keeps that split.
+        assert group["weight_decay"] == (0.1 if name == "weight" else 0.0)
+    trunk = next(p for n, p in trainer.model.named_parameters() if "feature_head" not in n and "user_weights" not in n)
+    (group,) = [g for g in optimizer.param_groups if any(p is trunk for p in g["params"])]
+    assert group["lr"] == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="feature_head_learning_rate"):
+        _args(tmp_path, feature_head_learning_rate=0.0)

@@ -47,6 +47,10 @@ class RFMConfig(RewardConfig):
             row is updated only in the steps whose batch holds one of their comparisons, while the features are
             updated in every step: at the backbone's learning rate the rows lag behind the features they are read
             with (on synthetic raters this costs up to 10 points, see `docs/results.md`).
+        feature_head_learning_rate (`float`, *optional*):
+            Learning rate of the feature head `Linear(H, d)`; `None` means `learning_rate`. The head mixes the
+            backbone's state into the `d` features, where raters' differences have to be represented; on Polis a
+            10x rate kept more of them (see `docs/results.md`, section 1.5).
         feature_covariance_l2 (`float`, *optional*, defaults to `0.0`):
             Coefficient of `||Cov(phi) - I||_F^2 / d` over the responses of each batch: pushes the features towards
             decorrelated, unit-variance directions, which fixes their scale without a non-linear normalisation and
@@ -103,6 +107,10 @@ class RFMConfig(RewardConfig):
             "are updated only when their user is in the batch)."
         },
     )
+    feature_head_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the feature head `Linear(H, d)`; `None` means `learning_rate`."},
+    )
 
     feature_covariance_l2: float = field(
         default=0.0,
@@ -122,5 +130,8 @@ class RFMConfig(RewardConfig):
             raise ValueError(f"`unknown_users` must be 'population' or 'error', got {self.unknown_users!r}.")
         if self.feature_covariance_l2 < 0:
             raise ValueError(f"`feature_covariance_l2` must be >= 0, got {self.feature_covariance_l2}.")
+        for name in ("user_weights_learning_rate", "feature_head_learning_rate"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be > 0 or None, got {getattr(self, name)}.")
         if self.user_weights_l2 < 0:
             raise ValueError(f"`user_weights_l2` must be >= 0, got {self.user_weights_l2}.")

@@ -89,6 +89,25 @@ class UserIndexCollator:
         return batch
 
 
+def _move_to_own_group(optimizer, parameters, **options) -> None:
+    """Take `parameters` out of the optimizer's groups and give them a group of their own with `options`."""
+    moved = {id(p) for p in parameters}
+    for group in optimizer.param_groups:
+        group["params"] = [p for p in group["params"] if id(p) not in moved]
+    optimizer.add_param_group({"params": parameters, **options})
+
+
+def _set_learning_rate(optimizer, parameters, learning_rate: float) -> None:
+    """Give `parameters` their own learning rate, keeping the other options (weight decay) of the groups they were in."""
+    selected_ids = {id(p) for p in parameters}
+    for group in list(optimizer.param_groups):
+        selected = [p for p in group["params"] if id(p) in selected_ids]
+        if selected:
+            group["params"] = [p for p in group["params"] if id(p) not in selected_ids]
+            options = {key: value for key, value in group.items() if key != "params"}
+            optimizer.add_param_group({**options, "params": selected, "lr": learning_rate})
+
+
 class RFMRewardTrainer(RewardTrainer):
     """
     Trainer of [`RewardFeatureModel`]s: a drop-in replacement for [`trl.RewardTrainer`] whose datasets also carry a
@@ -310,17 +329,18 @@ class RFMRewardTrainer(RewardTrainer):
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
         opt_model = self.model if model is None else model
-        user_parameters = [p for n, p in opt_model.named_parameters() if "user_weights." in n and p.requires_grad]
-        if not user_parameters or self.optimizer_cls_and_kwargs is not None:
+        if self.optimizer_cls_and_kwargs is not None:
             return optimizer
-        # Move the user table into a group of its own: its prior replaces weight decay, and it may need another lr.
-        user_ids = {id(p) for p in user_parameters}
-        for group in optimizer.param_groups:
-            group["params"] = [p for p in group["params"] if id(p) not in user_ids]
-        learning_rate = self.args.user_weights_learning_rate
-        if learning_rate is None:
-            learning_rate = USER_WEIGHTS_LEARNING_RATE_RATIO * self.args.learning_rate
-        optimizer.add_param_group({"params": user_parameters, "lr": learning_rate, "weight_decay": 0.0})
+        user_parameters = [p for n, p in opt_model.named_parameters() if "user_weights." in n and p.requires_grad]
+        if user_parameters:
+            # The user table in a group of its own: its prior replaces weight decay, and it needs another lr.
+            learning_rate = self.args.user_weights_learning_rate
+            if learning_rate is None:
+                learning_rate = USER_WEIGHTS_LEARNING_RATE_RATIO * self.args.learning_rate
+            _move_to_own_group(optimizer, user_parameters, lr=learning_rate, weight_decay=0.0)
+        if self.args.feature_head_learning_rate is not None:
+            head_parameters = [p for n, p in opt_model.named_parameters() if "feature_head." in n and p.requires_grad]
+            _set_learning_rate(optimizer, head_parameters, self.args.feature_head_learning_rate)
         return optimizer
 
     # ------------------------------------------------------------------ checkpoints, model card, Hub
