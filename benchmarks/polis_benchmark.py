@@ -445,6 +445,14 @@ def polis_parts(args: PolisArguments, seed: int) -> tuple[dict[str, Dataset], li
     return parts, texts
 
 
+def cross_validated_curve(diffs, parts, prior_mean, adapt, test, shots, num_draws, seed) -> dict:
+    """Held-out curve with the prior precision chosen by cross-validation on the training users' `val` pairs: each
+    training user is treated as a new one, fitted on 4/5 of their pairs and scored on the rest."""
+    val_x, val_mask, _ = group_by_user(diffs["val"], parts["val"]["user_id"])
+    l2 = select_l2(val_x, val_mask, prior_mean, method="cross_validation", seed=seed).l2
+    return {"curve_cv": adaptation_curve(*adapt, *test, prior_mean, l2, shots, num_draws, seed), "cv_l2": l2}
+
+
 def _precisions(args: PolisArguments) -> list[float]:
     return [float(v) for v in args.precision_grid.split(",") if v]
 
@@ -522,6 +530,8 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
             # The prior precision chosen instead by the evidence of the training users' `val` pairs (`select_l2`).
             "curve_evidence": curve,
             "evidence_l2": l2,
+            # ... and by 5-fold cross-validation on the same pairs (`select_l2(method="cross_validation")`).
+            **cross_validated_curve(diffs, parts, population, adapt, test, shots, args.num_draws, seed),
             "effective_dimension": effective_dimension(phi),
             "seen_users_personal_accuracy": (((seen_margin > 0).float() * val_mask).sum() / val_mask.sum()).item(),
             "seen_users_population_accuracy": (((pop_margin > 0).float() * val_mask).sum() / val_mask.sum()).item(),
@@ -562,10 +572,14 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
         result["rm"] = {"accuracy": (((margins > 0).float() * test_mask).sum() / test_mask.sum()).item()}
         if "linear" in methods:
             curve, l2 = evaluate_features(diffs, parts, head, shots, args.num_draws, seed)
-            result["linear"] = {"curve": curve, "l2": l2}
+            users = sorted(set(parts["heldout_test"]["user_id"]))
+            adapt = grouped(diffs["heldout_adaptation"], parts["heldout_adaptation"]["user_id"], users)
+            result["linear"] = {
+                "curve": curve,
+                "l2": l2,
+                **cross_validated_curve(diffs, parts, head, adapt, (test_x, test_mask), shots, args.num_draws, seed),
+            }
             if args.precision_grid:
-                users = sorted(set(parts["heldout_test"]["user_id"]))
-                adapt = grouped(diffs["heldout_adaptation"], parts["heldout_adaptation"]["user_id"], users)
                 result["linear"]["curve_by_l2"] = {
                     l2: adaptation_curve(*adapt, test_x, test_mask, head, l2, shots, args.num_draws, seed)
                     for l2 in _precisions(args)
@@ -677,7 +691,7 @@ def main(args: PolisArguments) -> dict:
             with open(os.path.join(folder, "results.json")) as f:
                 for result in json.load(f)["results"]:
                     for method in ("rfm", "linear"):  # JSON keys are strings
-                        for key in ("curve", "curve_evidence"):
+                        for key in ("curve", "curve_evidence", "curve_cv"):
                             if key in result.get(method, {}):
                                 result[method][key] = {int(k): v for k, v in result[method][key].items()}
                         for l2, curve in result.get(method, {}).get("curve_by_l2", {}).items():

@@ -65,6 +65,9 @@ def test_pipeline_reports_well_formed_numbers(tmp_path):
         assert sorted(curve) == [0, 5]
         assert all(0.0 <= accuracy <= 1.0 for accuracy in curve.values())
         assert result[method]["l2"] > 0
+        # The precision chosen by cross-validation on the training users' `val` pairs, and its curve.
+        assert result[method]["cv_l2"] > 0 and sorted(result[method]["curve_cv"]) == [0, 5]
+        assert result[method]["curve_cv"][0] == pytest.approx(curve[0])
     # k = 0 of the linear head is the non-adaptive reward model itself (its prior is centred on the score head).
     assert result["linear"]["curve"][0] == pytest.approx(result["rm"]["accuracy"])
     assert 1.0 <= result["rfm"]["effective_dimension"] <= 4.0 + 1e-6
