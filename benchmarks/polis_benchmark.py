@@ -435,6 +435,8 @@ def polis_parts(args: PolisArguments, seed: int) -> tuple[dict[str, Dataset], li
     texts = sorted(set(votes["statement"]) | set(votes["topic"]))
     users = split_users(votes, heldout_fraction=args.heldout_fraction, seed=seed)
     seen = split_polis_votes(users["train"], {"train": 0.8, "val": 0.2}, seed=seed)
+    # The `val` votes once more in halves, for choosing the new users' prior on pairs that share no vote (§1.5).
+    seen.update(split_polis_votes(seen["val"], {"val_fit": 0.5, "val_check": 0.5}, seed=seed))
     heldout = split_polis_votes(users["heldout"], {"adaptation": 0.5, "test": 0.5}, seed=seed)
     caps = {"train": args.max_train_pairs_per_user, "val": args.max_val_pairs_per_user}
     parts = {}
@@ -445,12 +447,23 @@ def polis_parts(args: PolisArguments, seed: int) -> tuple[dict[str, Dataset], li
     return parts, texts
 
 
-def cross_validated_curve(diffs, parts, prior_mean, adapt, test, shots, num_draws, seed) -> dict:
-    """Held-out curve with the prior precision chosen by cross-validation on the training users' `val` pairs: each
-    training user is treated as a new one, fitted on 4/5 of their pairs and scored on the rest."""
+def validated_curves(diffs, parts, prior_mean, adapt, test, shots, num_draws, seed) -> dict:
+    """Held-out curves with the prior precision chosen on the training users' `val` votes, each training user treated
+    as a new one: (1) 5-fold cross-validation over their `val` *pairs* (`select_l2(method="cross_validation")`),
+    whose folds share votes; (2) fitted on the pairs of half their `val` votes and scored on the pairs of the other
+    half (`select_l2(method="held_out")`), which share none."""
     val_x, val_mask, _ = group_by_user(diffs["val"], parts["val"]["user_id"])
-    l2 = select_l2(val_x, val_mask, prior_mean, method="cross_validation", seed=seed).l2
-    return {"curve_cv": adaptation_curve(*adapt, *test, prior_mean, l2, shots, num_draws, seed), "cv_l2": l2}
+    cv_l2 = select_l2(val_x, val_mask, prior_mean, method="cross_validation", seed=seed).l2
+    users = sorted(set(parts["val_fit"]["user_id"]) & set(parts["val_check"]["user_id"]))
+    fit = grouped(diffs["val_fit"], parts["val_fit"]["user_id"], users)
+    check = grouped(diffs["val_check"], parts["val_check"]["user_id"], users)
+    vote_l2 = select_l2(*fit, prior_mean, method="held_out", held_out_differences=check[0], held_out_mask=check[1]).l2
+    return {
+        "curve_cv": adaptation_curve(*adapt, *test, prior_mean, cv_l2, shots, num_draws, seed),
+        "cv_l2": cv_l2,
+        "curve_vote_held_out": adaptation_curve(*adapt, *test, prior_mean, vote_l2, shots, num_draws, seed),
+        "vote_held_out_l2": vote_l2,
+    }
 
 
 def _precisions(args: PolisArguments) -> list[float]:
@@ -501,7 +514,7 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
         model, config = train_rfm(parts["train"], tokenizer, args, seed)
         result["rfm_train_seconds"] = time.time() - t
         t = time.time()
-        names = ["val", "heldout_adaptation", "heldout_test"]
+        names = ["val", "val_fit", "val_check", "heldout_adaptation", "heldout_test"]
         diffs = {
             n: in_length_order(
                 lambda d: compute_feature_differences(model, tokenizer, d, 256, show_progress=False), parts[n]
@@ -531,7 +544,7 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
             "curve_evidence": curve,
             "evidence_l2": l2,
             # ... and by 5-fold cross-validation on the same pairs (`select_l2(method="cross_validation")`).
-            **cross_validated_curve(diffs, parts, population, adapt, test, shots, args.num_draws, seed),
+            **validated_curves(diffs, parts, population, adapt, test, shots, args.num_draws, seed),
             "effective_dimension": effective_dimension(phi),
             "seen_users_personal_accuracy": (((seen_margin > 0).float() * val_mask).sum() / val_mask.sum()).item(),
             "seen_users_population_accuracy": (((pop_margin > 0).float() * val_mask).sum() / val_mask.sum()).item(),
@@ -560,7 +573,7 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
         rm = train_reward_model(parts["train"], tokenizer, args, seed)
         result["rm_train_seconds"] = time.time() - t
         t = time.time()
-        names = ["val", "heldout_adaptation", "heldout_test"]
+        names = ["val", "val_fit", "val_check", "heldout_adaptation", "heldout_test"]
         diffs = {
             n: in_length_order(lambda d: reward_model_hidden_differences(rm, tokenizer, d), parts[n]) for n in names
         }
@@ -577,7 +590,7 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
             result["linear"] = {
                 "curve": curve,
                 "l2": l2,
-                **cross_validated_curve(diffs, parts, head, adapt, (test_x, test_mask), shots, args.num_draws, seed),
+                **validated_curves(diffs, parts, head, adapt, (test_x, test_mask), shots, args.num_draws, seed),
             }
             if args.precision_grid:
                 result["linear"]["curve_by_l2"] = {
@@ -691,7 +704,7 @@ def main(args: PolisArguments) -> dict:
             with open(os.path.join(folder, "results.json")) as f:
                 for result in json.load(f)["results"]:
                     for method in ("rfm", "linear"):  # JSON keys are strings
-                        for key in ("curve", "curve_evidence", "curve_cv"):
+                        for key in ("curve", "curve_evidence", "curve_cv", "curve_vote_held_out"):
                             if key in result.get(method, {}):
                                 result[method][key] = {int(k): v for k, v in result[method][key].items()}
                         for l2, curve in result.get(method, {}).get("curve_by_l2", {}).items():

@@ -144,6 +144,28 @@ def test_select_l2_finds_the_true_prior_precision(method):
     assert 1.0 < selection.l2 < 16.0
 
 
+def test_select_l2_held_out_finds_the_true_prior_precision_and_checks_its_input():
+    generator = torch.Generator().manual_seed(0)
+    true_weights = torch.randn(300, 8, generator=generator, dtype=torch.float64) * 0.5  # precision 4
+
+    def answers(num_pairs):
+        x = torch.randn(300, num_pairs, 8, generator=generator, dtype=torch.float64)
+        p = torch.sigmoid(torch.einsum("upd,ud->up", x, true_weights))
+        preferred = torch.rand(p.shape, generator=generator, dtype=torch.float64) < p
+        return torch.where(preferred[..., None], x, -x)  # chosen - rejected
+
+    fit, check = answers(20), answers(20)
+    candidates = [2.0**k for k in range(-4, 7)]
+    selection = select_l2(fit, candidates=candidates, method="held_out", held_out_differences=check)
+    assert selection.method == "held_out" and 1.0 < selection.l2 < 16.0
+    with pytest.raises(ValueError, match="needs `held_out_differences`"):
+        select_l2(fit, method="held_out")
+    with pytest.raises(ValueError, match="same users in the same order"):
+        select_l2(fit, method="held_out", held_out_differences=check[:10])
+    with pytest.raises(ValueError, match="no pair"):
+        select_l2(fit, method="held_out", held_out_differences=check, held_out_mask=torch.zeros(300, 20))
+
+
 def test_adapt_users_adds_them_to_the_model(synthetic_strong, tokenizer, tiny_lm):
     model = RewardFeatureModel.from_backbone(tiny_lm, num_features=8, user_ids=["user_0", "user_1"])
     heldout = synthetic_strong.heldout

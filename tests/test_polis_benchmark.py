@@ -47,11 +47,16 @@ def _arguments(tmp_path, **overrides):
 
 def test_vote_level_split_shares_no_statement_within_a_participant(tmp_path):
     parts, _ = polis_benchmark.polis_parts(_arguments(tmp_path), seed=0)
-    statements = {}  # (participant, statement id) -> part
-    for name, part in parts.items():
-        for user, chosen, rejected in zip(part["user_id"], part["chosen_item"], part["rejected_item"]):
-            for item in (chosen, rejected):
-                assert statements.setdefault((user, item), name) == name, f"{user} votes on {item} in two parts"
+    # `val_fit` and `val_check` divide the `val` votes: check them against everything but `val`, and `val` without them.
+    for subdivision in ({"val_fit", "val_check"}, {"val"}):
+        statements = {}  # (participant, statement id) -> part
+        for name, part in parts.items():
+            if name in subdivision:
+                continue
+            for user, chosen, rejected in zip(part["user_id"], part["chosen_item"], part["rejected_item"]):
+                for item in (chosen, rejected):
+                    assert statements.setdefault((user, item), name) == name, f"{user} votes on {item} in two parts"
+    assert len(parts["val_fit"]) and len(parts["val_check"])
     training_users = set(parts["train"]["user_id"]) | set(parts["val"]["user_id"])
     heldout_users = set(parts["heldout_adaptation"]["user_id"]) | set(parts["heldout_test"]["user_id"])
     assert training_users and heldout_users and not training_users & heldout_users
@@ -68,6 +73,7 @@ def test_pipeline_reports_well_formed_numbers(tmp_path):
         # The precision chosen by cross-validation on the training users' `val` pairs, and its curve.
         assert result[method]["cv_l2"] > 0 and sorted(result[method]["curve_cv"]) == [0, 5]
         assert result[method]["curve_cv"][0] == pytest.approx(curve[0])
+        assert result[method]["vote_held_out_l2"] > 0 and sorted(result[method]["curve_vote_held_out"]) == [0, 5]
     # k = 0 of the linear head is the non-adaptive reward model itself (its prior is centred on the score head).
     assert result["linear"]["curve"][0] == pytest.approx(result["rm"]["accuracy"])
     assert 1.0 <= result["rfm"]["effective_dimension"] <= 4.0 + 1e-6
