@@ -644,10 +644,15 @@ def plot(results: list[dict], shots: list[int], path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    labels = {"rfm": "RFM (adapted)", "linear": "linear head on frozen RM features"}
-    for method, label in labels.items():
-        if method in results[0]:
-            acc = 100 * np.array([[r[method]["curve"][k] for k in shots] for r in results])
+    curves = [
+        ("rfm", "curve", "RFM, prior_from_model"),
+        ("rfm", "curve_vote_held_out", "RFM, prior chosen on held-out votes"),
+        ("linear", "curve", "linear head on frozen RM features, evidence prior"),
+        ("linear", "curve_vote_held_out", "linear head on frozen RM features, held-out-vote prior"),
+    ]
+    for method, key, label in curves:
+        if key in results[0].get(method, {}):
+            acc = 100 * np.array([[r[method][key][k] for k in shots] for r in results])
             ax.errorbar(shots, acc.mean(0), yerr=acc.std(0), marker="o", capsize=3, label=label)
     if "rm" in results[0]:
         acc = 100 * np.array([r["rm"]["accuracy"] for r in results])

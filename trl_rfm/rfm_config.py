@@ -48,9 +48,10 @@ class RFMConfig(RewardConfig):
             updated in every step: at the backbone's learning rate the rows lag behind the features they are read
             with (on synthetic raters this costs up to 10 points, see `docs/results.md`).
         feature_head_learning_rate (`float`, *optional*):
-            Learning rate of the feature head `Linear(H, d)`; `None` means `learning_rate`. The head mixes the
-            backbone's state into the `d` features, where raters' differences have to be represented; on Polis a
-            10x rate kept more of them (see `docs/results.md`, section 1.5).
+            Learning rate of the feature head `Linear(H, d)`; `None` means `10 * learning_rate`. The head is new and
+            mixes the backbone's state into the `d` features, where raters' differences have to be represented; at
+            the backbone's rate they are learned too slowly (on Polis adapting then gains about half as much; no loss
+            on synthetic raters; see `docs/results.md`, section 1.6).
         feature_covariance_l2 (`float`, *optional*, defaults to `0.0`):
             Coefficient of `||Cov(phi) - I||_F^2 / d` over the responses of each batch: pushes the features towards
             decorrelated, unit-variance directions, which fixes their scale without a non-linear normalisation and
@@ -109,7 +110,7 @@ class RFMConfig(RewardConfig):
     )
     feature_head_learning_rate: float | None = field(
         default=None,
-        metadata={"help": "Learning rate of the feature head `Linear(H, d)`; `None` means `learning_rate`."},
+        metadata={"help": "Learning rate of the feature head `Linear(H, d)`; `None` means 10 x `learning_rate`."},
     )
 
     feature_covariance_l2: float = field(
