@@ -267,10 +267,10 @@ def test_feature_head_learning_rate_keeps_weight_decay_of_its_groups(tmp_path, s
     assert group["lr"] == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="feature_head_learning_rate"):
         _args(tmp_path, feature_head_learning_rate=0.0)
-    # Default: 10 x the trunk's rate.
+    # Default: the trunk's rate.
     trainer.args.feature_head_learning_rate = None
     trainer.optimizer = None  # transformers builds the optimizer once
     optimizer = trainer.create_optimizer()
     weight = trainer.model.feature_head.weight
     (group,) = [g for g in optimizer.param_groups if any(p is weight for p in g["params"])]
-    assert group["lr"] == pytest.approx(1e-2)
+    assert group["lr"] == pytest.approx(1e-3)

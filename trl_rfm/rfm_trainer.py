@@ -43,9 +43,6 @@ DEFAULT_USER_COLUMN = "user_id"
 USER_INDEX = "user_index"
 RFM_MODULES_TO_SAVE = ("feature_head", "user_weights")
 USER_WEIGHTS_LEARNING_RATE_RATIO = 10.0  # default user-table lr relative to `learning_rate` (see RFMConfig)
-# The feature head is new and mixes the trunk's state into the d features in which raters differ; at the trunk's rate
-# those directions are learned too slowly (docs/results.md, section 1.6).
-FEATURE_HEAD_LEARNING_RATE_RATIO = 10.0
 
 
 def resolve_user_column(dataset: Dataset | IterableDataset, args: RFMConfig) -> str | None:
@@ -341,12 +338,9 @@ class RFMRewardTrainer(RewardTrainer):
             if learning_rate is None:
                 learning_rate = USER_WEIGHTS_LEARNING_RATE_RATIO * self.args.learning_rate
             _move_to_own_group(optimizer, user_parameters, lr=learning_rate, weight_decay=0.0)
-        head_parameters = [p for n, p in opt_model.named_parameters() if "feature_head." in n and p.requires_grad]
-        if head_parameters:
-            learning_rate = self.args.feature_head_learning_rate
-            if learning_rate is None:
-                learning_rate = FEATURE_HEAD_LEARNING_RATE_RATIO * self.args.learning_rate
-            _set_learning_rate(optimizer, head_parameters, learning_rate)
+        if self.args.feature_head_learning_rate is not None:
+            head_parameters = [p for n, p in opt_model.named_parameters() if "feature_head." in n and p.requires_grad]
+            _set_learning_rate(optimizer, head_parameters, self.args.feature_head_learning_rate)
         return optimizer
 
     # ------------------------------------------------------------------ checkpoints, model card, Hub
