@@ -320,7 +320,7 @@ def select_l2(
             `"held_out"` fits on `feature_differences` and maximises the log-likelihood of the same users'
             `held_out_differences`. **Pairs derived from ratings or votes** (one rated item in many pairs) are not
             independent: the evidence counts them as if they were, and folds of pairs share items, so both favour a
-            prior far too loose (on Polis they pick precisions 0.1-2 where ~30 is best). For such data use
+            prior far too loose (on Polis they pick precisions 0.03-2 where 18-32 is best). For such data use
             `"held_out"` with the two sets formed from disjoint *items* of each user.
         num_folds (`int`): folds of `"cross_validation"`.
         seed (`int`): seed of the fold assignment.
