@@ -543,7 +543,7 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
             # The prior precision chosen instead by the evidence of the training users' `val` pairs (`select_l2`).
             "curve_evidence": curve,
             "evidence_l2": l2,
-            # ... and by 5-fold cross-validation on the same pairs (`select_l2(method="cross_validation")`).
+            # ... by 5-fold cross-validation over those pairs, and on pairs of disjoint halves of their `val` votes.
             **validated_curves(diffs, parts, population, adapt, test, shots, args.num_draws, seed),
             "effective_dimension": effective_dimension(phi),
             "seen_users_personal_accuracy": (((seen_margin > 0).float() * val_mask).sum() / val_mask.sum()).item(),

@@ -89,23 +89,16 @@ class UserIndexCollator:
         return batch
 
 
-def _move_to_own_group(optimizer, parameters, **options) -> None:
-    """Take `parameters` out of the optimizer's groups and give them a group of their own with `options`."""
-    moved = {id(p) for p in parameters}
-    for group in optimizer.param_groups:
-        group["params"] = [p for p in group["params"] if id(p) not in moved]
-    optimizer.add_param_group({"params": parameters, **options})
-
-
-def _set_learning_rate(optimizer, parameters, learning_rate: float) -> None:
-    """Give `parameters` their own learning rate, keeping the other options (weight decay) of the groups they were in."""
+def _regroup(optimizer, parameters, **overrides) -> None:
+    """Move `parameters` into groups of their own, one per group they were in, with that group's options except
+    `overrides` (so transformers' split of weights with and without weight decay is kept unless overridden)."""
     selected_ids = {id(p) for p in parameters}
     for group in list(optimizer.param_groups):
         selected = [p for p in group["params"] if id(p) in selected_ids]
         if selected:
             group["params"] = [p for p in group["params"] if id(p) not in selected_ids]
             options = {key: value for key, value in group.items() if key != "params"}
-            optimizer.add_param_group({**options, "params": selected, "lr": learning_rate})
+            optimizer.add_param_group({**options, **overrides, "params": selected})
 
 
 class RFMRewardTrainer(RewardTrainer):
@@ -337,10 +330,10 @@ class RFMRewardTrainer(RewardTrainer):
             learning_rate = self.args.user_weights_learning_rate
             if learning_rate is None:
                 learning_rate = USER_WEIGHTS_LEARNING_RATE_RATIO * self.args.learning_rate
-            _move_to_own_group(optimizer, user_parameters, lr=learning_rate, weight_decay=0.0)
+            _regroup(optimizer, user_parameters, lr=learning_rate, weight_decay=0.0)
         if self.args.feature_head_learning_rate is not None:
             head_parameters = [p for n, p in opt_model.named_parameters() if "feature_head." in n and p.requires_grad]
-            _set_learning_rate(optimizer, head_parameters, self.args.feature_head_learning_rate)
+            _regroup(optimizer, head_parameters, lr=self.args.feature_head_learning_rate)
         return optimizer
 
     # ------------------------------------------------------------------ checkpoints, model card, Hub
