@@ -5,19 +5,24 @@
 # ]
 # ///
 
-"""
+r"""
 Trains a Reward Feature Model (a personalised reward model) with [`RFMRewardTrainer`], in the style of TRL's
 `examples/scripts/reward_modeling.py`. The dataset is a TRL preference dataset (`chosen`/`rejected`, optional
 `prompt`) with a rater id per comparison (column `user_id`, or `--user_column`).
 
 Works offline: `--model_name_or_path tiny` builds a tiny Llama-shaped LM with a word-level tokenizer on the dataset's
 words, `--dataset_name synthetic` (the default) generates raters who disagree, and any model or dataset may be a local
-path (a model directory; a `.json`/`.jsonl`/`.parquet`/`.csv` file or a directory written by `save_to_disk`).
+path (a model directory; a `.json`/`.jsonl`/`.parquet`/`.csv` file or a directory written by `save_to_disk`). A JSONL
+file holds one comparison per line, e.g.
+    {"prompt": "Describe a cat.", "chosen": "A small furry pet.", "rejected": "A car.", "user_id": "alice"}
+The output directory holds the model, its tokenizer and `user_weights.safetensors`: what `trl-rfm adapt`, `trl-rfm
+export` and the policy examples (`--model_name_or_path`) read.
 
-Smoke test on a laptop CPU (a few minutes):
+Smoke test on a laptop CPU (about a minute):
 python examples/train_rfm.py \
     --model_name_or_path tiny \
     --dataset_name synthetic \
+    --num_users 16 \
     --output_dir rfm-tiny \
     --num_features 8 \
     --per_device_train_batch_size 32 \
@@ -32,7 +37,7 @@ python examples/train_rfm.py \
 Full training:
 python examples/train_rfm.py \
     --model_name_or_path Qwen/Qwen2-0.5B-Instruct \
-    --dataset_name path/to/preferences_with_user_id.jsonl \
+    --dataset_name preferences.jsonl \
     --output_dir Qwen2-0.5B-RFM \
     --num_features 32 \
     --per_device_train_batch_size 8 \
@@ -47,7 +52,7 @@ python examples/train_rfm.py \
 LoRA:
 python examples/train_rfm.py \
     --model_name_or_path Qwen/Qwen2-0.5B-Instruct \
-    --dataset_name path/to/preferences_with_user_id.jsonl \
+    --dataset_name preferences.jsonl \
     --output_dir Qwen2-0.5B-RFM-LoRA \
     --num_features 32 \
     --per_device_train_batch_size 8 \
@@ -65,7 +70,7 @@ python examples/train_rfm.py \
 Several GPUs (DDP; set `num_processes` in the config or pass `--num_processes N`):
 accelerate launch --config_file examples/accelerate/multi_gpu.yaml examples/train_rfm.py \
     --model_name_or_path Qwen/Qwen2-0.5B-Instruct \
-    --dataset_name path/to/preferences_with_user_id.jsonl \
+    --dataset_name preferences.jsonl \
     --output_dir Qwen2-0.5B-RFM \
     --per_device_train_batch_size 8 \
     --gradient_checkpointing True \
@@ -88,16 +93,20 @@ accelerate launch --multi_gpu --num_processes 2 examples/train_rfm.py \
     --use_cpu True
 (DeepSpeed on CPU: `--config_file examples/accelerate/deepspeed_zero3.yaml --num_processes 2 --mixed_precision no`
 in place of `--multi_gpu --num_processes 2`, and `--ddp_backend gloo` in place of `--use_cpu True`.)
+
+Options: the script's own flags (`--help`), TRL's `ModelConfig` flags (`--use_peft`, `--lora_r`, ...), and every
+field of `RFMConfig`: `trl.RewardConfig`'s (`--output_dir`, `--learning_rate`, `--max_length`, ...) plus
+`--num_features`, `--feature_normalization`, `--population_weights`, `--user_column`, `--unknown_users`,
+`--user_weights_init_std`, `--user_weights_l2`, `--population_loss_weight`, `--user_weights_learning_rate`,
+`--feature_head_learning_rate`, `--feature_covariance_l2` (documented in `trl_rfm.RFMConfig`).
 """
 
 import os
+import sys
+from argparse import ArgumentDefaultsHelpFormatter, RawDescriptionHelpFormatter
 from dataclasses import dataclass, field
 
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-from transformers import HfArgumentParser, set_seed
-from trl import ModelConfig, ScriptArguments, get_peft_config, get_quantization_config
-
-from trl_rfm import RFMConfig, RFMRewardTrainer, build_tiny_causal_lm, build_tokenizer, make_synthetic_preferences
+from trl import ModelConfig, ScriptArguments, TrlParser  # light: no torch, no transformers
 
 
 SYNTHETIC = "synthetic"
@@ -114,12 +123,13 @@ class RFMScriptArguments(ScriptArguments):
         dataset_name (`str`, *optional*, defaults to `"synthetic"`):
             `"synthetic"`, a Hub dataset id, a local `.json`/`.jsonl`/`.parquet`/`.csv` file, a directory written by
             `Dataset.save_to_disk`/`DatasetDict.save_to_disk`, or a directory of data files.
-        synthetic_num_users (`int`, *optional*, defaults to `16`):
-            Raters of the synthetic dataset.
-        synthetic_pairs_per_user (`int`, *optional*, defaults to `128`):
-            Training comparisons per synthetic rater.
-        synthetic_disagreement (`float`, *optional*, defaults to `1.0`):
-            How much the synthetic raters disagree, from 0 (identical) to 1 (opposed opinion groups).
+        num_users (`int`, *optional*, defaults to `16`):
+            Raters of the synthetic dataset (alias: `--synthetic_num_users`).
+        train_pairs_per_user (`int`, *optional*, defaults to `128`):
+            Training comparisons per synthetic rater (alias: `--synthetic_pairs_per_user`).
+        disagreement (`float`, *optional*, defaults to `1.0`):
+            How much the synthetic raters disagree, from 0 (identical) to 1 (opposed opinion groups) (alias:
+            `--synthetic_disagreement`).
     """
 
     dataset_name: str | None = field(
@@ -129,22 +139,50 @@ class RFMScriptArguments(ScriptArguments):
             "directory, or a directory of data files."
         },
     )
-    synthetic_num_users: int = field(default=16, metadata={"help": "Raters of the synthetic dataset."})
-    synthetic_pairs_per_user: int = field(default=128, metadata={"help": "Training comparisons per synthetic rater."})
-    synthetic_disagreement: float = field(
-        default=1.0, metadata={"help": "Disagreement of the synthetic raters: 0 (identical) to 1 (opposed groups)."}
+    num_users: int = field(
+        default=16, metadata={"help": "Raters of the synthetic dataset.", "aliases": ["--synthetic_num_users"]}
+    )
+    train_pairs_per_user: int = field(
+        default=128,
+        metadata={"help": "Training comparisons per synthetic rater.", "aliases": ["--synthetic_pairs_per_user"]},
+    )
+    disagreement: float = field(
+        default=1.0,
+        metadata={
+            "help": "Disagreement of the synthetic raters: 0 (identical) to 1 (opposed groups).",
+            "aliases": ["--synthetic_disagreement"],
+        },
     )
 
 
-def load_preferences(script_args: RFMScriptArguments, seed: int) -> tuple[DatasetDict, list[str] | None]:
+class HelpFormatter(RawDescriptionHelpFormatter, ArgumentDefaultsHelpFormatter):
+    """The docstring's command lines as written, and each flag's default."""
+
+
+def parse_args():
+    """`--help` lists the script's and `ModelConfig`'s flags without importing torch (`RFMConfig` would)."""
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        TrlParser((RFMScriptArguments, ModelConfig), description=__doc__, formatter_class=HelpFormatter).parse_args(
+            ["--help"]
+        )
+    from trl_rfm import RFMConfig
+
+    return TrlParser((RFMScriptArguments, RFMConfig, ModelConfig)).parse_args_and_config()
+
+
+def load_preferences(script_args: RFMScriptArguments, seed: int):
     """The dataset (as a `DatasetDict`) and, for synthetic data, the texts that make up its vocabulary."""
+    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
     name = script_args.dataset_name
     if name == SYNTHETIC:
+        from trl_rfm.testing import make_synthetic_preferences
+
         data = make_synthetic_preferences(
-            num_users=script_args.synthetic_num_users,
+            num_users=script_args.num_users,
             num_heldout_users=0,
-            train_pairs_per_user=script_args.synthetic_pairs_per_user,
-            disagreement=script_args.synthetic_disagreement,
+            train_pairs_per_user=script_args.train_pairs_per_user,
+            disagreement=script_args.disagreement,
             seed=seed,
         )
         splits = {script_args.dataset_train_split: data.train, script_args.dataset_test_split: data.test}
@@ -167,7 +205,7 @@ def load_preferences(script_args: RFMScriptArguments, seed: int) -> tuple[Datase
     return dataset, None
 
 
-def preference_texts(dataset: Dataset) -> list[str]:
+def preference_texts(dataset) -> list[str]:
     """Every text of a preference dataset (standard or conversational), to build a tokenizer that knows its words."""
     texts = []
     for column in ("prompt", "chosen", "rejected"):
@@ -180,8 +218,13 @@ def preference_texts(dataset: Dataset) -> list[str]:
 
 
 if __name__ == "__main__":
-    parser = HfArgumentParser((RFMScriptArguments, RFMConfig, ModelConfig))
-    script_args, training_args, model_args = parser.parse_args_into_dataclasses()
+    script_args, training_args, model_args = parse_args()
+    from transformers import set_seed
+    from trl import get_peft_config, get_quantization_config
+
+    from trl_rfm import RFMRewardTrainer
+    from trl_rfm.testing import build_tiny_causal_lm, build_tokenizer
+
     # Same weights in every process and every run with the same seed, however many processes there are.
     set_seed(training_args.seed)
 
