@@ -22,7 +22,7 @@ python -m venv --system-site-packages ~/.cache/trl-rfm/venv-trl-1.12
 ~/.cache/trl-rfm/venv-trl-1.12/bin/pip install torch==2.13.0 "trl==1.12.*"
 ~/.cache/trl-rfm/venv-trl-1.12/bin/python examples/ppo_exported_reward.py --stage ppo --output_dir ppo-rfm \
     --total_episodes 64 --per_device_train_batch_size 4 --num_mini_batches 1 --response_length 8 \
-    --missing_eos_penalty 1.0 --use_cpu --bf16 False --report_to none
+    --missing_eos_penalty 1.0 --learning_rate 3e-3 --use_cpu --bf16 False --report_to none
 ```
 
 The reward model is `ppo-rfm/reward_model_<user_id>`, the starting policy `ppo-rfm/initial_policy`, the prompts
