@@ -31,18 +31,18 @@ on by default, is turned off (it recomputes every forward for no memory benefit 
 split's pairs are tokenised once (one call per distinct statement text, checked equal to TRL's tokenisation) and
 shared by both trainers and every feature pass, instead of TRL tokenising every pair of every part once per model.
 
-The evaluation helpers here (`train_rfm`, `train_reward_model`, `adaptation_curve`, ...) are also used by
-`benchmarks/synthetic_sweep.py`.
+Everything reusable lives in the library: the vote-level split (`trl_rfm.data.polis_evaluation_parts`), matched
+from-scratch training with length-grouped batches (`trl_rfm.testing.from_scratch`, `trl_rfm.trainer.sampling`),
+tokenisation and features (`trl_rfm.adaptation.features`) and the accuracy-vs-k protocol (`trl_rfm.evaluation`);
+this file keeps the data preparation, the command line and the report.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import multiprocessing
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -54,17 +54,11 @@ import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import AutoModelForSequenceClassification, HfArgumentParser  # noqa: E402
-from transformers.trainer_pt_utils import get_length_grouped_indices  # noqa: E402
-from trl import RewardConfig, RewardTrainer  # noqa: E402
-from trl.trainer.utils import pad  # noqa: E402
+from transformers import HfArgumentParser  # noqa: E402
 
 from trl_rfm import (  # noqa: E402
-    RFMConfig,
-    RFMRewardTrainer,
-    build_tiny_causal_lm,
-    build_tokenizer,
     compute_feature_differences,
+    compute_score_head_input_differences,
     effective_dimension,
     fit_user_weights,
     group_by_user,
@@ -72,7 +66,11 @@ from trl_rfm import (  # noqa: E402
     select_l2,
     tokenize_preferences,
 )
-from trl_rfm.data import load_polis_votes, make_polis_pairs, split_polis_votes, split_users  # noqa: E402
+from trl_rfm.adaptation.features import compute_response_features, in_length_order  # noqa: E402
+from trl_rfm.data import load_polis_votes, polis_evaluation_parts  # noqa: E402
+from trl_rfm.evaluation import accuracy_vs_k, accuracy_vs_k_with_evidence_prior, pairwise_accuracy  # noqa: E402
+from trl_rfm.testing import build_tokenizer  # noqa: E402
+from trl_rfm.testing.from_scratch import ModelArguments, train_reward_model, train_rfm  # noqa: E402
 
 
 POLIS_ATTRIBUTION = (
@@ -80,38 +78,6 @@ POLIS_ATTRIBUTION = (
     "Attribution to The Computational Democracy Project."
 )
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "polis")
-
-
-@dataclass
-class ModelArguments:
-    """Backbone, training and RFM options shared by the Polis benchmark and the synthetic sweep."""
-
-    hidden_size: int = field(default=64, metadata={"help": "Hidden size of the from-scratch transformer."})
-    num_layers: int = field(default=2, metadata={"help": "Transformer layers."})
-    num_features: int = field(default=32, metadata={"help": "RFM feature dimension d."})
-    num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs (both trainers)."})
-    batch_size: int = field(default=64, metadata={"help": "Pairs per training step."})
-    learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the backbone (both trainers)."})
-    user_weights_learning_rate: float | None = field(
-        default=None, metadata={"help": "RFM user-table learning rate; unset: the RFMConfig default."}
-    )
-    feature_head_learning_rate: float | None = field(default=None, metadata={"help": "Unset: RFMConfig default."})
-    user_weights_l2: float | None = field(default=None, metadata={"help": "RFM prior; unset: RFMConfig default."})
-    feature_normalization: str | None = field(default=None, metadata={"help": "`rms`/`none`; unset: default."})
-    feature_covariance_l2: float | None = field(default=None, metadata={"help": "Unset: RFMConfig default."})
-    population_loss_weight: float | None = field(default=None, metadata={"help": "Unset: RFMConfig default."})
-    user_weights_init_std: float | None = field(default=None, metadata={"help": "Unset: RFMConfig default."})
-    num_threads: int = field(
-        default=1, metadata={"help": "Torch CPU threads (1 is fastest for this tiny model on a busy machine)."}
-    )
-    length_grouping: int = field(
-        default=0,
-        metadata={
-            "help": "0: batches drawn uniformly at random (TRL's default). m > 0: shuffle, cut into chunks of m "
-            "batches, sort each chunk by pair length, cut it into batches (transformers' length-grouped "
-            "sampling, with a chunk of m instead of 50 batches), so that batches are padded less."
-        },
-    )
 
 
 @dataclass
@@ -175,244 +141,33 @@ class PolisArguments(ModelArguments):
     )
 
 
-# ---------------------------------------------------------------------------------------------------- training
-def _overrides(args: ModelArguments) -> dict:
-    names = (
-        "user_weights_learning_rate",
-        "feature_head_learning_rate",
-        "user_weights_l2",
-        "feature_normalization",
-        "feature_covariance_l2",
-        "population_loss_weight",
-        "user_weights_init_std",
-    )
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-
-
-def _trainer_kwargs(args: ModelArguments, output_dir: str, seed: int, num_pairs: int) -> dict:
-    steps = int(np.ceil(num_pairs / args.batch_size) * args.num_train_epochs)
-    return dict(
-        output_dir=output_dir,
-        num_train_epochs=args.num_train_epochs,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=max(1, steps // 20),
-        logging_steps=max(1, steps // 5),
-        save_strategy="no",
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=seed,
-        data_seed=seed,
-        dataset_num_proc=None,
-        # TRL turns gradient (activation) checkpointing on by default; at this size it only recomputes the forward.
-        activation_checkpointing=False,
-    )
-
-
-def build_backbone(tokenizer, args: ModelArguments, seed: int):
-    return build_tiny_causal_lm(
-        tokenizer,
-        hidden_size=args.hidden_size,
-        num_hidden_layers=args.num_layers,
-        num_attention_heads=max(1, args.hidden_size // 16),
-        intermediate_size=2 * args.hidden_size,
-        seed=seed,
-    )
-
-
-class LengthGroupedPairSampler(torch.utils.data.Sampler):
-    """`transformers`' length-grouped order (shuffle, sort chunks of `chunk_batches` batches by length) with a chunk
-    size of our choosing; a pair's length is that of its longer sequence (what the collator pads to)."""
-
-    def __init__(self, lengths: list[int], batch_size: int, chunk_batches: int, seed: int):
-        self.lengths, self.batch_size, self.chunk_batches = lengths, batch_size, chunk_batches
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
-        yield from get_length_grouped_indices(self.lengths, self.batch_size, self.chunk_batches, self.generator)
-
-
-def length_grouped(trainer_class, chunk_batches: int):
-    """`trainer_class` drawing its training batches with [`LengthGroupedPairSampler`] (unchanged when 0)."""
-    if not chunk_batches:
-        return trainer_class
-
-    class LengthGroupedTrainer(trainer_class):
-        def _get_train_sampler(self, train_dataset=None):
-            dataset = self.train_dataset if train_dataset is None else train_dataset
-            lengths = [max(len(c), len(r)) for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"])]
-            return LengthGroupedPairSampler(lengths, self.args.train_batch_size, chunk_batches, self.args.seed)
-
-    LengthGroupedTrainer.__name__ = trainer_class.__name__
-    return LengthGroupedTrainer
-
-
-def train_rfm(train: Dataset, tokenizer, args: ModelArguments, seed: int):
-    """An RFM trained from scratch on `train` (rows with `user_id`) through `RFMRewardTrainer`."""
-    backbone = build_backbone(tokenizer, args, seed)
-    with tempfile.TemporaryDirectory() as output_dir:
-        config = RFMConfig(
-            num_features=args.num_features, **_overrides(args), **_trainer_kwargs(args, output_dir, seed, len(train))
-        )
-        trainer_class = length_grouped(RFMRewardTrainer, args.length_grouping)
-        trainer = trainer_class(model=backbone, args=config, train_dataset=train, processing_class=tokenizer)
-        trainer.train()
-    model = trainer.model.eval()
-    return model, config
-
-
-def _pair_columns(dataset: Dataset) -> list[str]:
-    """The columns TRL's `RewardTrainer` reads: token ids when the pairs are pre-tokenised, else the texts."""
-    if {"chosen_ids", "rejected_ids"} <= set(dataset.column_names):
-        return ["chosen_ids", "rejected_ids"]
-    return ["prompt", "chosen", "rejected"]
-
-
-def pretokenize(dataset: Dataset, tokenizer, cache: dict | None = None) -> Dataset:
-    """Adds the `chosen_ids`/`rejected_ids` TRL's `RewardTrainer` would compute (EOS appended, `prompt + response`,
-    tokenised by `tokenizer(text)`), tokenising each distinct text once. TRL skips its own tokenisation of a dataset
-    that has these columns, and so do `tokenize_preferences` and the feature caches built on it. Checked equal to
-    `trl_rfm.tokenize_preferences` in `tests/test_polis_benchmark.py`."""
-    cache = {} if cache is None else cache
-    eos = tokenizer.eos_token
-
-    def ids(prompt: str, response: str) -> list[int]:
-        text = prompt + (response if response.endswith(eos) else response + eos)
-        if text not in cache:
-            cache[text] = tokenizer(text=text)["input_ids"]
-        return cache[text]
-
-    prompts = dataset["prompt"]
-    dataset = dataset.add_column("chosen_ids", [ids(p, c) for p, c in zip(prompts, dataset["chosen"])])
-    return dataset.add_column("rejected_ids", [ids(p, r) for p, r in zip(prompts, dataset["rejected"])])
-
-
-def train_reward_model(train: Dataset, tokenizer, args: ModelArguments, seed: int):
-    """The non-adaptive baseline: stock `trl.RewardTrainer` on the same backbone initialisation and pairs."""
-    backbone = build_backbone(tokenizer, args, seed)
-    config = copy.deepcopy(backbone.config)
-    config.num_labels = 1
-    model = AutoModelForSequenceClassification.from_config(config)
-    model.model.load_state_dict(backbone.model.state_dict())  # same trunk initialisation as the RFM's
-    model.config.pad_token_id = tokenizer.pad_token_id
-    with tempfile.TemporaryDirectory() as output_dir:
-        config = RewardConfig(**_trainer_kwargs(args, output_dir, seed, len(train)))
-        trainer = length_grouped(RewardTrainer, args.length_grouping)(
-            model=model,
-            args=config,
-            train_dataset=train.select_columns(_pair_columns(train)),
-            processing_class=tokenizer,
-        )
-        trainer.train()
-    return trainer.model.eval()
-
-
-# ---------------------------------------------------------------------------------------------------- features
-def in_length_order(featurize, dataset: Dataset) -> torch.Tensor:
-    """`featurize(dataset)` (one row per pair) computed on the pairs sorted by length, so that each batch is padded
-    little, and returned in the original order. Needs pre-tokenised pairs; otherwise calls `featurize` as is."""
-    if "chosen_ids" not in dataset.column_names:
-        return featurize(dataset)
-    lengths = [max(len(c), len(r)) for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"])]
-    order = np.argsort(lengths, kind="stable")
-    sorted_out = featurize(dataset.select(order))
-    out = torch.empty_like(sorted_out)
-    out[torch.as_tensor(order)] = sorted_out
-    return out
-
-
-@torch.no_grad()
-def reward_model_hidden_differences(model, tokenizer, dataset: Dataset, batch_size: int = 256) -> torch.Tensor:
-    """`h(x, chosen) - h(x, rejected)` of a sequence-classification reward model, where `h` is the last hidden
-    state its score head reads (so `score(h_c - h_r)` is its reward margin): `[pairs, H]`."""
-    tokenized = tokenize_preferences(dataset, tokenizer)
-    out = []
-    for start in range(0, len(tokenized), batch_size):
-        rows = tokenized[start : start + batch_size]
-        sequences = [torch.tensor(ids) for ids in rows["chosen_ids"] + rows["rejected_ids"]]
-        input_ids = pad(sequences, padding_value=tokenizer.pad_token_id, padding_side="right")
-        attention_mask = pad([torch.ones_like(s) for s in sequences], padding_value=0, padding_side="right")
-        hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        last = attention_mask.sum(-1) - 1
-        h = hidden[torch.arange(hidden.shape[0]), last].float()
-        chosen, rejected = h.chunk(2)
-        out.append(chosen - rejected)
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def response_features(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 256):
-    """`phi(x, y)` of individual responses (tokenised exactly as in training): `[N, d]`."""
-    data = Dataset.from_dict({"prompt": prompts, "chosen": responses, "rejected": responses})
-    tokenized = tokenize_preferences(data, tokenizer)
-    out = []
-    for start in range(0, len(tokenized), batch_size):
-        sequences = [torch.tensor(ids) for ids in tokenized[start : start + batch_size]["chosen_ids"]]
-        input_ids = pad(sequences, padding_value=tokenizer.pad_token_id, padding_side="right")
-        attention_mask = pad([torch.ones_like(s) for s in sequences], padding_value=0, padding_side="right")
-        out.append(model.reward_features(input_ids=input_ids, attention_mask=attention_mask).float())
-    return torch.cat(out)
-
-
 # ---------------------------------------------------------------------------------------------------- evaluation
 def adaptation_curve(
-    adapt_x: torch.Tensor,
-    adapt_mask: torch.Tensor,
-    test_x: torch.Tensor,
-    test_mask: torch.Tensor,
-    prior_mean: torch.Tensor,
-    l2: float,
-    shots: list[int],
-    num_draws: int,
-    seed: int,
+    adapt_x, adapt_mask, test_x, test_mask, prior_mean, l2, shots, num_draws, seed
 ) -> dict[int, float]:
-    """Pooled test accuracy of held-out users after fitting their weights on `k` of their adaptation pairs (all of
-    them when a user has fewer), averaged over `num_draws` random draws; `k = 0` is the prior mean."""
-    rng = np.random.default_rng(seed)
-    counts = adapt_mask.sum(-1).long()
-    curve = {}
-    for k in shots:
-        accuracies = []
-        for _ in range(num_draws if k > 0 else 1):
-            mask = torch.zeros_like(adapt_mask)
-            if k > 0:
-                for u, n in enumerate(counts.tolist()):
-                    mask[u, rng.permutation(n)[: min(k, n)]] = 1
-            weights = fit_user_weights(adapt_x, mask, prior_mean, l2)  # [U, d]
-            margins = torch.einsum("upd,ud->up", test_x, weights)
-            accuracies.append((((margins > 0).float() * test_mask).sum() / test_mask.sum()).item())
-        curve[k] = float(np.mean(accuracies))
-    return curve
+    """Pooled test accuracy of held-out users per k, mean over draws (`trl_rfm.evaluation.accuracy_vs_k`)."""
+    curve = accuracy_vs_k(
+        adapt_x, adapt_mask, test_x, test_mask, prior_mean, l2, shots, num_draws, seed, average="pooled"
+    )
+    return {k: float(np.mean(v)) for k, v in curve.items()}
 
 
 def grouped(differences: torch.Tensor, user_ids: list[str], users: list[str]):
-    """`group_by_user`, re-ordered (and padded with empty users) to the fixed user order `users`."""
-    x, mask, found = group_by_user(differences, user_ids)
-    index = {u: i for i, u in enumerate(found)}
-    out = torch.zeros(len(users), x.shape[1], x.shape[2])
-    out_mask = torch.zeros(len(users), x.shape[1])
-    for i, u in enumerate(users):
-        if u in index:
-            out[i], out_mask[i] = x[index[u]], mask[index[u]]
-    return out, out_mask
+    """Per-user blocks `(x, mask)` in the fixed user order `users`."""
+    return group_by_user(differences, user_ids, users)[:2]
 
 
 def evaluate_features(diffs: dict[str, torch.Tensor], parts: dict[str, Dataset], prior_mean, shots, num_draws, seed):
     """Adaptation curve of one frozen feature map; the prior precision is chosen by the evidence of the training
     users' `val` pairs (never by held-out answers)."""
     val_x, val_mask, _ = group_by_user(diffs["val"], parts["val"]["user_id"])
-    l2 = select_l2(val_x, val_mask, prior_mean).l2
     users = sorted(set(parts["heldout_test"]["user_id"]))
-    adapt_x, adapt_mask = grouped(diffs["heldout_adaptation"], parts["heldout_adaptation"]["user_id"], users)
-    test_x, test_mask = grouped(diffs["heldout_test"], parts["heldout_test"]["user_id"], users)
-    curve = adaptation_curve(adapt_x, adapt_mask, test_x, test_mask, prior_mean, l2, shots, num_draws, seed)
-    return curve, l2
+    adapt = grouped(diffs["heldout_adaptation"], parts["heldout_adaptation"]["user_id"], users)
+    test = grouped(diffs["heldout_test"], parts["heldout_test"]["user_id"], users)
+    curve, l2 = accuracy_vs_k_with_evidence_prior(
+        val_x, val_mask, *adapt, *test, prior_mean, shots=shots, num_draws=num_draws, seed=seed, average="pooled"
+    )
+    return {k: float(np.mean(v)) for k, v in curve.items()}, l2
 
 
 # ---------------------------------------------------------------------------------------------------- Polis
@@ -433,17 +188,14 @@ def polis_parts(args: PolisArguments, seed: int) -> tuple[dict[str, Dataset], li
         keep = {users[i] for i in np.random.default_rng(seed).permutation(len(users))[: args.max_users]}
         votes = votes.filter(lambda row: row["user_id"] in keep)
     texts = sorted(set(votes["statement"]) | set(votes["topic"]))
-    users = split_users(votes, heldout_fraction=args.heldout_fraction, seed=seed)
-    seen = split_polis_votes(users["train"], {"train": 0.8, "val": 0.2}, seed=seed)
-    # The `val` votes once more in halves, for choosing the new users' prior on pairs that share no vote (§1.5).
-    seen.update(split_polis_votes(seen["val"], {"val_fit": 0.5, "val_check": 0.5}, seed=seed))
-    heldout = split_polis_votes(users["heldout"], {"adaptation": 0.5, "test": 0.5}, seed=seed)
-    caps = {"train": args.max_train_pairs_per_user, "val": args.max_val_pairs_per_user}
-    parts = {}
-    for name, part in [*seen.items(), *((f"heldout_{n}", p) for n, p in heldout.items())]:
-        pairs = make_polis_pairs(part, caps.get(name, args.max_eval_pairs_per_user), seed)
-        # The topic is glued to the statement by TRL (prompt + chosen): a separator keeps the words apart.
-        parts[name] = pairs.map(lambda row: {"prompt": row["prompt"] + " :"})
+    parts = polis_evaluation_parts(
+        votes,
+        seed=seed,
+        heldout_fraction=args.heldout_fraction,
+        max_train_pairs_per_user=args.max_train_pairs_per_user,
+        max_val_pairs_per_user=args.max_val_pairs_per_user,
+        max_eval_pairs_per_user=args.max_eval_pairs_per_user,
+    )
     return parts, texts
 
 
@@ -488,7 +240,7 @@ def precision_diagnostics(model, tokenizer, parts, diffs, adapt, test, populatio
     for l2 in [*_precisions(args), model_l2]:
         weights = fit_user_weights(train_x, train_mask, population, l2)
         margins = torch.einsum("upd,ud->up", val_x, weights)
-        refit[l2] = (((margins > 0).float() * val_mask).sum() / val_mask.sum()).item()
+        refit[l2] = pairwise_accuracy(margins, val_mask, "pooled")
     return {"curve_by_l2": curves, "seen_users_refit_accuracy_by_l2": refit}
 
 
@@ -498,7 +250,7 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
     parts, texts = polis_parts(args, seed)
     tokenizer = build_tokenizer(texts + [" :"])
     cache = {}
-    parts = {name: pretokenize(part, tokenizer, cache) for name, part in parts.items()}
+    parts = {name: tokenize_preferences(part, tokenizer, cache=cache) for name, part in parts.items()}
     timing["data_seconds"] = time.time() - start
     shots = [int(k) for k in args.shots.split(",")]
     methods = args.methods.split(",")
@@ -524,7 +276,7 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
         population, model_l2 = prior_from_model(model)
         curve, l2 = evaluate_features(diffs, parts, population, shots, args.num_draws, seed)
         statements = sorted(set(zip(parts["heldout_test"]["prompt"], parts["heldout_test"]["chosen"])))
-        phi = response_features(model, tokenizer, [p for p, _ in statements], [s for _, s in statements])
+        phi = compute_response_features(model, tokenizer, [p for p, _ in statements], [s for _, s in statements])
         val_x, val_mask, val_users = group_by_user(diffs["val"], parts["val"]["user_id"])
         # Training participants with no training pair (all their train votes one way) score with the population.
         with warnings.catch_warnings():
@@ -546,8 +298,8 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
             # ... by 5-fold cross-validation over those pairs, and on pairs of disjoint halves of their `val` votes.
             **validated_curves(diffs, parts, population, adapt, test, shots, args.num_draws, seed),
             "effective_dimension": effective_dimension(phi),
-            "seen_users_personal_accuracy": (((seen_margin > 0).float() * val_mask).sum() / val_mask.sum()).item(),
-            "seen_users_population_accuracy": (((pop_margin > 0).float() * val_mask).sum() / val_mask.sum()).item(),
+            "seen_users_personal_accuracy": pairwise_accuracy(seen_margin, val_mask, "pooled"),
+            "seen_users_population_accuracy": pairwise_accuracy(pop_margin, val_mask, "pooled"),
             "config": {
                 k: getattr(config, k)
                 for k in (
@@ -575,14 +327,17 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
         t = time.time()
         names = ["val", "val_fit", "val_check", "heldout_adaptation", "heldout_test"]
         diffs = {
-            n: in_length_order(lambda d: reward_model_hidden_differences(rm, tokenizer, d), parts[n]) for n in names
+            n: in_length_order(
+                lambda d: compute_score_head_input_differences(rm, tokenizer, d, 256, show_progress=False), parts[n]
+            )
+            for n in names
         }
         head = rm.score.weight[0].detach().float()
         test_x, test_mask = grouped(
             diffs["heldout_test"], parts["heldout_test"]["user_id"], sorted(set(parts["heldout_test"]["user_id"]))
         )
         margins = torch.einsum("upd,d->up", test_x, head)
-        result["rm"] = {"accuracy": (((margins > 0).float() * test_mask).sum() / test_mask.sum()).item()}
+        result["rm"] = {"accuracy": pairwise_accuracy(margins, test_mask, "pooled")}
         if "linear" in methods:
             curve, l2 = evaluate_features(diffs, parts, head, shots, args.num_draws, seed)
             users = sorted(set(parts["heldout_test"]["user_id"]))

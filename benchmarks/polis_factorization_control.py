@@ -28,25 +28,29 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from polis_benchmark import PolisArguments, adaptation_curve, grouped, polis_parts  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
-from trl_rfm import effective_dimension  # noqa: E402
+from trl_rfm import effective_dimension, group_by_user  # noqa: E402
+from trl_rfm.data import load_polis_votes, polis_evaluation_parts  # noqa: E402
+from trl_rfm.evaluation import accuracy_vs_k  # noqa: E402
+
+
+DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "polis")
 
 
 @dataclass
 class FactorizationArguments:
     optimizer: str = field(default="full_batch,minibatch", metadata={"help": "`full_batch`, `minibatch` or both."})
     seed: int = field(default=0, metadata={"help": "Split seed (the same split as `polis_benchmark.py --seeds`)."})
+    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Folder of the Polis conversations."})
     num_features: int = field(default=32, metadata={"help": "Feature dimension d."})
     # full batch
     row_precision: float = field(default=1.0, metadata={"help": "full_batch: prior precision of each row."})
@@ -143,20 +147,20 @@ def heldout_curves(model, parts, pairs, precisions, seed):
     phi = model.features()
     differences = {name: phi[chosen] - phi[rejected] for name, (chosen, rejected) in pairs.items()}
     users = sorted(set(parts["heldout_test"]["user_id"]))
-    adapt = grouped(differences["heldout_adaptation"], parts["heldout_adaptation"]["user_id"], users)
-    test = grouped(differences["heldout_test"], parts["heldout_test"]["user_id"], users)
+    adapt = group_by_user(differences["heldout_adaptation"], parts["heldout_adaptation"]["user_id"], users)[:2]
+    test = group_by_user(differences["heldout_test"], parts["heldout_test"]["user_id"], users)[:2]
     population = model.population_weights.detach()
     model_precision = 1.0 / (model.user_weights - population).pow(2).mean().item()  # as `prior_from_model`
     result = {"model_precision": model_precision, "effective_dimension": float(effective_dimension(phi))}
     for name, precision in [("model_prior", model_precision), *((f"precision_{p:g}", p) for p in precisions)]:
-        curve = adaptation_curve(*adapt, *test, population, precision, [0, 5, 20, 50], 5, seed)
-        result[name] = {k: 100 * v for k, v in curve.items()}
+        curve = accuracy_vs_k(*adapt, *test, population, precision, [0, 5, 20, 50], 5, seed, average="pooled")
+        result[name] = {k: 100 * float(np.mean(v)) for k, v in curve.items()}
     return result
 
 
 def main(args: FactorizationArguments) -> list[dict]:
     torch.set_num_threads(1)
-    parts, _ = polis_parts(PolisArguments(seeds=str(args.seed)), args.seed)
+    parts = polis_evaluation_parts(load_polis_votes(args.data_dir), seed=args.seed)  # the Polis benchmark's split
     pairs, num_statements = statement_pairs(parts)
     participants = sorted(set(parts["train"]["user_id"]))
     row = {u: i for i, u in enumerate(participants)}

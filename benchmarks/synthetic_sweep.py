@@ -12,43 +12,51 @@ evidence of the training raters' own held-out pairs. Labels are noise-free (the 
     python benchmarks/synthetic_sweep.py                      # writes runs/synthetic/results.json + the figure
     python benchmarks/synthetic_sweep.py --raters 20 --disagreements 1.0 --seeds 0    # one cell
 
-Uses the training and evaluation helpers of `benchmarks/polis_benchmark.py`.
+Trains with `trl_rfm.testing.from_scratch` and evaluates with `trl_rfm.evaluation`, like the Polis benchmark.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from polis_benchmark import (  # noqa: E402
-    ModelArguments,
-    adaptation_curve,
-    evaluate_features,
-    grouped,
-    response_features,
-    reward_model_hidden_differences,
-    train_reward_model,
-    train_rfm,
-)
 from transformers import HfArgumentParser  # noqa: E402
 
 from trl_rfm import (  # noqa: E402
-    build_tokenizer,
     compute_feature_differences,
-    effective_dimension,  # noqa: E402
-    make_synthetic_preferences,
+    compute_score_head_input_differences,
+    effective_dimension,
+    group_by_user,
     prior_from_model,
 )
+from trl_rfm.adaptation.features import compute_response_features  # noqa: E402
+from trl_rfm.evaluation import accuracy_vs_k, accuracy_vs_k_with_evidence_prior  # noqa: E402
+from trl_rfm.testing import build_tokenizer, make_synthetic_preferences  # noqa: E402
+from trl_rfm.testing.from_scratch import ModelArguments, train_reward_model, train_rfm  # noqa: E402
+
+
+def curves(diffs: dict, parts: dict, prior_mean, model_l2, args, shots: list[int], seed: int) -> dict:
+    """Held-out accuracy per k (pooled, mean over draws): with the prior precision `model_l2` when given, and with
+    the one chosen by the evidence of the training raters' `val` pairs."""
+    users = sorted(set(parts["heldout_test"]["user_id"]))
+    adapt = group_by_user(diffs["heldout_adaptation"], parts["heldout_adaptation"]["user_id"], users)[:2]
+    test = group_by_user(diffs["heldout_test"], parts["heldout_test"]["user_id"], users)[:2]
+    val = group_by_user(diffs["val"], parts["val"]["user_id"])[:2]
+    options = dict(shots=shots, num_draws=args.num_draws, seed=seed, average="pooled")
+    evidence, evidence_l2 = accuracy_vs_k_with_evidence_prior(*val, *adapt, *test, prior_mean, **options)
+    out = {"curve_evidence": {k: float(np.mean(v)) for k, v in evidence.items()}, "evidence_l2": evidence_l2}
+    if model_l2 is not None:
+        curve = accuracy_vs_k(*adapt, *test, prior_mean, model_l2, **options)
+        out["curve"] = {k: float(np.mean(v)) for k, v in curve.items()}
+    return out
 
 
 @dataclass
@@ -102,27 +110,24 @@ def run_cell(args: SweepArguments, num_raters: int, disagreement: float, seed: i
         model, _ = train_rfm(data.train, tokenizer, cell_args, seed)
         diffs = {n: compute_feature_differences(model, tokenizer, parts[n], 256, show_progress=False) for n in names}
         population, model_l2 = prior_from_model(model)
-        evidence_curve, evidence_l2 = evaluate_features(diffs, parts, population, shots, args.num_draws, seed)
-        users = sorted(set(parts["heldout_test"]["user_id"]))
-        adapt = grouped(diffs["heldout_adaptation"], parts["heldout_adaptation"]["user_id"], users)
-        test_x = grouped(diffs["heldout_test"], parts["heldout_test"]["user_id"], users)
-        # Main curve: the library's default prior for new users (`prior_from_model`), as in the Polis benchmark.
-        curve = adaptation_curve(*adapt, *test_x, population, model_l2, shots, args.num_draws, seed)
+        evaluated = curves(diffs, parts, population, model_l2, args, shots, seed)
         test = parts["heldout_test"]
-        phi = response_features(
+        phi = compute_response_features(
             model, tokenizer, list(test["prompt"]) * 2, list(test["chosen"]) + list(test["rejected"])
         )
+        # Main curve: the library's default prior for new users (`prior_from_model`), as in the Polis benchmark.
         result[f"rfm_d{d}"] = {
-            "curve": curve,
+            "curve": evaluated["curve"],
             "l2": model_l2,
-            "curve_evidence": evidence_curve,
-            "evidence_l2": evidence_l2,
+            "curve_evidence": evaluated["curve_evidence"],
+            "evidence_l2": evaluated["evidence_l2"],
             "effective_dimension": effective_dimension(phi),
         }
     rm = train_reward_model(data.train, tokenizer, cell_args, seed)
-    diffs = {n: reward_model_hidden_differences(rm, tokenizer, parts[n]) for n in names}
+    diffs = {n: compute_score_head_input_differences(rm, tokenizer, parts[n], 256, show_progress=False) for n in names}
     head = rm.score.weight[0].detach().float()
-    curve, l2 = evaluate_features(diffs, parts, head, shots, args.num_draws, seed)
+    evaluated = curves(diffs, parts, head, None, args, shots, seed)
+    curve, l2 = evaluated["curve_evidence"], evaluated["evidence_l2"]
     result["rm"] = {"accuracy": curve[0]}  # k = 0 of the linear baseline is the reward model itself
     result["linear"] = {"curve": curve, "l2": l2}
     print(json.dumps(result, default=float), flush=True)

@@ -6,7 +6,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from trl_rfm import build_tiny_causal_lm, build_tokenizer, make_synthetic_preferences  # noqa: E402
+from trl_rfm.testing import build_tiny_causal_lm, build_tokenizer, make_synthetic_preferences  # noqa: E402
 
 
 @pytest.fixture(scope="session")

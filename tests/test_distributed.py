@@ -22,7 +22,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from trl_rfm import RewardFeatureModel, make_synthetic_preferences, save_tiny_causal_lm
+from trl_rfm import RewardFeatureModel
+from trl_rfm.testing import make_synthetic_preferences, save_tiny_causal_lm
 
 
 pytestmark = pytest.mark.slow

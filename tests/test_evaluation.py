@@ -6,21 +6,15 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
-from trl_rfm import RewardFeatureModel, make_synthetic_preferences
-from trl_rfm.adapt_cli import main as adapt_main
+from trl_rfm import RewardFeatureModel
+from trl_rfm.adaptation.features import compute_score_head_input_differences
 from trl_rfm.cli import COMMANDS
-from trl_rfm.evaluate_cli import EvaluateDataArguments, run_evaluation
-from trl_rfm.evaluation import (
-    AdaptationEvaluationConfig,
-    add_user_id_to_prompt,
-    draw_adaptation_sets,
-    pairs_from_ratings,
-    pairwise_accuracy,
-    reward_margins,
-    split_pairs_by_user,
-    split_rated_items_for_evaluation,
-)
-from trl_rfm.feature_cache import compute_score_head_input_differences
+from trl_rfm.cli.adapt import main as adapt_main
+from trl_rfm.cli.evaluate import EvaluateDataArguments, run_evaluation
+from trl_rfm.data import pairs_from_ratings, split_pairs_by_user, split_rated_items_for_evaluation
+from trl_rfm.evaluation import AdaptationEvaluationConfig, draw_adaptation_sets, pairwise_accuracy
+from trl_rfm.evaluation.baselines import add_user_id_to_prompt, reward_margins
+from trl_rfm.testing import make_synthetic_preferences
 
 
 def _ratings(num_users=6, num_items=12):
@@ -98,7 +92,7 @@ def test_score_head_features_reproduce_the_reward_model(tokenizer, tiny_lm, tmp_
     data = make_synthetic_preferences(num_users=2, num_heldout_users=0, train_pairs_per_user=6)
     margins = reward_margins(model, tokenizer, data.train)
     # The same margins straight from the model's logits on each sequence.
-    from trl_rfm.feature_cache import tokenize_preferences
+    from trl_rfm.adaptation.features import tokenize_preferences
 
     tokenized = tokenize_preferences(data.train, tokenizer)
     expected = []

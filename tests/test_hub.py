@@ -15,8 +15,10 @@ import torch
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from peft import LoraConfig, get_peft_model
 
-from trl_rfm import RewardFeatureModel, RFMConfig, RFMRewardTrainer, make_synthetic_preferences, serialization
-from trl_rfm.user_weights_io import USER_WEIGHTS_NAME
+from trl_rfm import RewardFeatureModel, RFMConfig, RFMRewardTrainer
+from trl_rfm.io.hub import push_to_hub
+from trl_rfm.io.user_weights_file import USER_WEIGHTS_NAME
+from trl_rfm.testing import make_synthetic_preferences
 
 
 USERS = ["alice", "bob", "carol"]
@@ -112,7 +114,7 @@ def test_lora_push(hub, model):
     peft_model = get_peft_model(
         model, LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["feature_head", "user_weights"])
     )
-    serialization.push_to_hub(peft_model, "someone/rfm-lora")
+    push_to_hub(peft_model, "someone/rfm-lora")
     (commit,) = hub.commits
     assert commit["files"] == ["README.md", "adapter_config.json", "adapter_model.safetensors", "config.json"]
     assert ModelCard.load(commit["folder"] / "README.md").data.library_name == "peft"

@@ -12,8 +12,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModel, AutoModelForSequenceClassification
 
-from trl_rfm import RewardFeatureModel, RFMConfig, RFMRewardTrainer, make_synthetic_preferences, serialization
-from trl_rfm.user_weights_io import USER_WEIGHTS_NAME, UserWeightsFileError
+from trl_rfm import RewardFeatureModel, RFMConfig, RFMRewardTrainer
+from trl_rfm.io import save_load
+from trl_rfm.io.user_weights_file import USER_WEIGHTS_NAME, UserWeightsFileError
+from trl_rfm.testing import make_synthetic_preferences
 
 
 USERS = ["alice", "bob", "7", "dana"]
@@ -123,7 +125,7 @@ def test_lora_round_trip_keeps_adapter_head_and_users(tmp_path, model, batch):
     peft_model = _lora(model)
     expected = _rewards(peft_model, batch)
     assert not torch.allclose(expected, before, atol=1e-3)
-    serialization.save_reward_feature_model(peft_model, tmp_path / "lora")
+    save_load.save_reward_feature_model(peft_model, tmp_path / "lora")
     files = sorted(os.listdir(tmp_path / "lora"))
     assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors", "config.json", USER_WEIGHTS_NAME]
     adapter_keys = _keys(tmp_path / "lora" / "adapter_model.safetensors")
@@ -249,7 +251,7 @@ def test_a_save_that_fails_midway_leaves_the_previous_model(tmp_path, model, lm_
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed while writing the user file")
 
-    monkeypatch.setattr(serialization.user_weights_io, "save_user_weights", crash)
+    monkeypatch.setattr(save_load.user_weights_file, "save_user_weights", crash)
     with pytest.raises(KeyboardInterrupt):
         _model(lm_path, seed=1).save_pretrained(tmp_path / "rfm")
     assert {name: (tmp_path / "rfm" / name).read_bytes() for name in os.listdir(tmp_path / "rfm")} == before
@@ -267,7 +269,7 @@ def test_an_interrupted_file_by_file_replacement_fails_loudly(tmp_path, model, l
             raise KeyboardInterrupt("killed between the model and the user file")
         replace(source, target)
 
-    monkeypatch.setattr(serialization.os, "replace", crash_before_the_user_file)
+    monkeypatch.setattr(save_load.os, "replace", crash_before_the_user_file)
     with pytest.raises(KeyboardInterrupt):
         _model(lm_path, seed=1).save_pretrained(tmp_path / "rfm")
     monkeypatch.undo()
@@ -283,7 +285,7 @@ def test_saving_over_another_layout_leaves_no_stale_weights(tmp_path, model, bat
     torch.testing.assert_close(_rewards(reloaded, batch), _rewards(model, batch), rtol=0, atol=1e-6)
     (tmp_path / "rfm" / "notes.txt").write_text("kept")
     peft_model = _lora(model)
-    serialization.save_reward_feature_model(peft_model, tmp_path / "rfm")
+    save_load.save_reward_feature_model(peft_model, tmp_path / "rfm")
     files = set(os.listdir(tmp_path / "rfm"))
     assert not any(name.startswith("model") for name in files) and "notes.txt" in files
     assert oct(os.stat(tmp_path / "rfm").st_mode & 0o777) != oct(0o700)
@@ -324,6 +326,7 @@ def small_data():
     return make_synthetic_preferences(num_users=4, num_heldout_users=0, train_pairs_per_user=32, disagreement=1.0)
 
 
+@pytest.mark.slow  # ~40 s per case: three trainings
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path, small_data, tokenizer, lm_path, batch, lora):
     uninterrupted = _trainer(tmp_path / "a", small_data, tokenizer, lm_path, lora)

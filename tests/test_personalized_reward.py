@@ -12,12 +12,11 @@ from torch import nn
 from trl_rfm import (
     PersonalizedReward,
     RewardFeatureModel,
-    build_tiny_causal_lm,
     export_user_reward_model,
     relabel_preferences,
     tokenize_preferences,
 )
-from trl_rfm.marker_task import build_marker_tokenizer
+from trl_rfm.testing import build_marker_tokenizer, build_tiny_causal_lm
 
 
 USERS = ["alice", "bob", "carol"]
@@ -237,6 +236,7 @@ def test_relabel_all_pairs_above_margin_and_per_prompt_users(rfm, marker_tokeniz
         relabel_preferences(reward, PROMPTS[:1], [COMPLETIONS[:1]], user_ids=["bob"])
 
 
+@pytest.mark.slow  # ~40 s: export, then scoring in a fresh process
 def test_export_command_line(tmp_path, marker_tokenizer):
     from trl_rfm.cli import main
 

@@ -8,11 +8,16 @@ from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 from trl_rfm import (
     PersonalizedReward,
     RewardFeatureModel,
-    build_tiny_causal_lm,
     relabel_preferences,
     sample_candidates,
 )
-from trl_rfm.marker_task import build_marker_policy, build_marker_tokenizer, make_prompt_dataset, marker_users
+from trl_rfm.testing import (
+    build_marker_policy,
+    build_marker_tokenizer,
+    build_tiny_causal_lm,
+    make_prompt_dataset,
+    marker_users,
+)
 
 
 COMMON = dict(
@@ -96,6 +101,7 @@ def test_grpo(tmp_path, tokenizer, reward, conversational):
     _assert_rewards_follow_each_rows_user(reward)
 
 
+@pytest.mark.slow  # ~30 s
 def test_rloo(tmp_path, tokenizer, reward):
     # RLOO (beta > 0) rebuilds its reference model from the policy's path, so the policy goes through the disk.
     policy_path = str(tmp_path / "policy")

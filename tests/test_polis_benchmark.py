@@ -82,21 +82,27 @@ def test_pipeline_reports_well_formed_numbers(tmp_path):
     assert "Computational Democracy Project" in report["attribution"]
 
 
-def test_pretokenize_matches_trl_tokenization(tmp_path):
-    from trl_rfm import build_tokenizer, tokenize_preferences
+def test_cached_tokenization_matches_trl_tokenization(tmp_path):
+    from trl import RewardConfig, RewardTrainer
+
+    from trl_rfm import tokenize_preferences
+    from trl_rfm.testing import build_tokenizer
 
     parts, texts = polis_benchmark.polis_parts(_arguments(tmp_path), seed=0)
     tokenizer = build_tokenizer(texts + [" :"])
     part = parts["train"].select(range(min(200, len(parts["train"]))))
-    fast = polis_benchmark.pretokenize(part, tokenizer)
-    reference = tokenize_preferences(part.select_columns(["prompt", "chosen", "rejected"]), tokenizer)
+    fast = tokenize_preferences(part, tokenizer, cache={})
+    args = RewardConfig(output_dir=str(tmp_path), bf16=False, report_to="none")
+    reference = RewardTrainer._prepare_dataset(
+        None, part.select_columns(["prompt", "chosen", "rejected"]), tokenizer, args, "train"
+    )
     assert fast["chosen_ids"] == reference["chosen_ids"] and fast["rejected_ids"] == reference["rejected_ids"]
     # TRL's reward trainer (and `tokenize_preferences`) keep pre-tokenised pairs as they are.
     assert tokenize_preferences(fast, tokenizer)["chosen_ids"] == fast["chosen_ids"]
 
 
 def test_statement_id_tokens_give_each_statement_its_own_word(tmp_path):
-    from trl_rfm import build_tokenizer
+    from trl_rfm.testing import build_tokenizer
 
     parts, texts = polis_benchmark.polis_parts(_arguments(tmp_path, statement_id_tokens=True), seed=0)
     tokenizer = build_tokenizer(texts + [" :"])
@@ -109,19 +115,7 @@ def test_statement_id_tokens_give_each_statement_its_own_word(tmp_path):
     assert len(first_words) == len(set(part["chosen_item"]))
 
 
-def test_length_grouped_sampler_is_a_permutation_with_less_padding():
-    import numpy as np
-
-    lengths = np.random.default_rng(0).integers(5, 60, size=1000).tolist()
-    sampler = polis_benchmark.LengthGroupedPairSampler(lengths, batch_size=16, chunk_batches=4, seed=0)
-    order = list(sampler)
-    assert sorted(order) == list(range(1000))
-    padded = np.mean([max(lengths[i] for i in order[s : s + 16]) for s in range(0, 1000, 16)])
-    random = np.mean([max(lengths[s : s + 16]) for s in range(0, 1000, 16)])
-    assert padded < random
-    assert list(sampler) != order  # a new shuffle every epoch
-
-
+@pytest.mark.slow  # ~70 s: two full pipeline runs
 def test_parallel_jobs_give_the_same_results_as_one_process(tmp_path):
     one = polis_benchmark.main(_arguments(tmp_path / "one"))["results"][0]
     two = polis_benchmark.main(_arguments(tmp_path / "two", num_workers=2))["results"][0]

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trl_rfm import PersonalizedReward, RewardFeatureModel, build_tiny_causal_lm
-from trl_rfm.marker_task import build_marker_policy, build_marker_tokenizer, marker_users
+from trl_rfm import PersonalizedReward, RewardFeatureModel
+from trl_rfm.testing import build_marker_policy, build_marker_tokenizer, build_tiny_causal_lm, marker_users
 
 
 pytestmark = pytest.mark.slow

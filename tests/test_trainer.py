@@ -3,7 +3,8 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig
 
-from trl_rfm import RewardFeatureModel, RFMConfig, RFMRewardTrainer, make_synthetic_preferences
+from trl_rfm import RewardFeatureModel, RFMConfig, RFMRewardTrainer
+from trl_rfm.testing import make_synthetic_preferences
 
 
 def _args(tmp_path, **overrides):
@@ -40,6 +41,7 @@ def _train_and_evaluate(tmp_path, data, tokenizer, tiny_lm, **overrides):
     return trainer, trainer.evaluate()
 
 
+@pytest.mark.slow  # ~40 s: 12 epochs
 def test_personal_weights_beat_population_when_raters_disagree(tmp_path, synthetic_strong, tokenizer, tiny_lm):
     trainer, metrics = _train_and_evaluate(tmp_path, synthetic_strong, tokenizer, tiny_lm)
     assert trainer.model.user_ids == sorted(set(synthetic_strong.train["user_id"]))
@@ -53,6 +55,7 @@ def test_personal_weights_beat_population_when_raters_disagree(tmp_path, synthet
     )
 
 
+@pytest.mark.slow  # ~30 s: 12 epochs
 def test_personal_and_population_match_without_disagreement(tmp_path, tokenizer, tiny_lm):
     data = make_synthetic_preferences(num_users=8, num_heldout_users=0, train_pairs_per_user=128, disagreement=0.0)
     _, metrics = _train_and_evaluate(tmp_path, data, tokenizer, tiny_lm)
@@ -130,6 +133,7 @@ def test_all_four_trl_preference_formats(
     assert trainer.model.num_users == len({r["user_id"] for r in rows})
 
 
+@pytest.mark.slow  # ~30 s: two trainings
 def test_dataset_without_user_column_trains_a_plain_reward_model(tmp_path, tokenizer, tiny_lm):
     data = make_synthetic_preferences(num_users=4, num_heldout_users=0, train_pairs_per_user=128, disagreement=0.0)
     train, test = data.train.remove_columns("user_id"), data.test.remove_columns("user_id")

@@ -13,9 +13,12 @@ upstream data with `datasets.load_dataset` from a Hub id or a local copy (same c
 | UltraFeedback-P (VPL) | [`load_ultrafeedback_p`] | user type `attributes` |
 
 Pairs derived from per-item judgements share items; split per user *items* with [`split_items_per_user`] (Polis:
-[`split_polis_votes`]) before forming pairs, and users with [`split_users`].
+[`split_polis_votes`]) before forming pairs, and users with [`split_users`]; [`pairs_from_ratings`] forms the pairs and
+[`split_rated_items_for_evaluation`] does both for an evaluation. [`load_data_file`] reads a local JSON/JSONL/CSV/Parquet
+file of comparisons.
 """
 
+from .pairs import pairs_from_ratings, split_pairs_by_user, split_rated_items_for_evaluation
 from .personal_llm import (
     PERSONAL_LLM_REWARD_MODELS,
     detect_reward_models,
@@ -27,11 +30,12 @@ from .polis import (
     load_polis,
     load_polis_votes,
     make_polis_pairs,
+    polis_evaluation_parts,
     read_polis_topic,
     split_polis_votes,
 )
 from .prism import load_prism, prism_turn_pairs
-from .raw import CANONICAL_COLUMNS, load_raw_split, require_columns
+from .raw import CANONICAL_COLUMNS, load_data_file, load_raw_split, require_columns
 from .splits import split_items_per_user, split_users
 from .summarize_from_feedback import load_summarize_from_feedback, tldr_prompt
 from .ultrafeedback_p import ULTRAFEEDBACK_P_ATTRIBUTES, load_ultrafeedback_p
@@ -43,6 +47,7 @@ __all__ = [
     "ULTRAFEEDBACK_P_ATTRIBUTES",
     "detect_reward_models",
     "list_polis_conversations",
+    "load_data_file",
     "load_personal_llm",
     "load_polis",
     "load_polis_votes",
@@ -51,12 +56,16 @@ __all__ = [
     "load_summarize_from_feedback",
     "load_ultrafeedback_p",
     "make_polis_pairs",
+    "pairs_from_ratings",
+    "polis_evaluation_parts",
     "prism_turn_pairs",
     "read_polis_topic",
     "require_columns",
     "sample_personal_llm_users",
     "split_items_per_user",
+    "split_pairs_by_user",
     "split_polis_votes",
+    "split_rated_items_for_evaluation",
     "split_users",
     "tldr_prompt",
 ]

@@ -281,3 +281,32 @@ __all__ = [
     "read_polis_topic",
     "split_polis_votes",
 ]
+
+
+def polis_evaluation_parts(
+    votes: Dataset,
+    seed: int = 0,
+    heldout_fraction: float = 0.2,
+    max_train_pairs_per_user: int | None = 48,
+    max_val_pairs_per_user: int | None = 16,
+    max_eval_pairs_per_user: int | None = 64,
+    prompt_separator: str = " :",
+) -> dict[str, Dataset]:
+    """
+    The leak-free parts of an adaptation evaluation on Polis votes (every split made on votes, before pairs):
+    participants split into training and held-out ones (`heldout_fraction`); each training participant's votes 80/20
+    into `train` and `val`, and `val` once more in halves `val_fit`/`val_check` (for choosing the new users' prior on
+    pairs that share no vote); each held-out participant's votes 50/50 into `heldout_adaptation` and `heldout_test`.
+    Pairs are formed inside each part (capped per participant), and `prompt_separator` is appended to the topic so
+    that TRL's `prompt + chosen` keeps the words apart.
+    """
+    users = split_users(votes, heldout_fraction=heldout_fraction, seed=seed)
+    seen = split_polis_votes(users["train"], {"train": 0.8, "val": 0.2}, seed=seed)
+    seen.update(split_polis_votes(seen["val"], {"val_fit": 0.5, "val_check": 0.5}, seed=seed))
+    heldout = split_polis_votes(users["heldout"], {"adaptation": 0.5, "test": 0.5}, seed=seed)
+    caps = {"train": max_train_pairs_per_user, "val": max_val_pairs_per_user}
+    parts = {}
+    for name, part in [*seen.items(), *((f"heldout_{n}", p) for n, p in heldout.items())]:
+        pairs = make_polis_pairs(part, caps.get(name, max_eval_pairs_per_user), seed)
+        parts[name] = pairs.map(lambda row: {"prompt": row["prompt"] + prompt_separator})
+    return parts

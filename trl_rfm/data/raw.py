@@ -20,6 +20,16 @@ CANONICAL_COLUMNS = ("prompt", "chosen", "rejected", "user_id")
 _BUILDER_BY_SUFFIX = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
+def load_data_file(path: str | os.PathLike, split: str = "train") -> Dataset:
+    """Read one local data file (`.json`, `.jsonl`, `.csv` or `.parquet`) as a `Dataset`, with the packaged
+    `datasets` builder its extension names; any other extension raises a `ValueError` naming the accepted ones."""
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in _BUILDER_BY_SUFFIX:
+        raise ValueError(f"Unsupported data file {path!r}: use one of {', '.join(sorted(_BUILDER_BY_SUFFIX))}.")
+    return load_dataset(_BUILDER_BY_SUFFIX[suffix], data_files={split: path}, split=split)
+
+
 def load_raw_split(
     path_or_id: str | os.PathLike,
     split: str,
@@ -36,13 +46,7 @@ def load_raw_split(
     """
     path = os.fspath(path_or_id)
     if os.path.isfile(path):
-        suffix = os.path.splitext(path)[1].lower()
-        if suffix not in _BUILDER_BY_SUFFIX:
-            raise ValueError(
-                f"Cannot read {path!r}: expected a file ending in one of {sorted(_BUILDER_BY_SUFFIX)}, "
-                "a directory or a Hub id."
-            )
-        return load_dataset(_BUILDER_BY_SUFFIX[suffix], data_files={split: path}, split=split)
+        return load_data_file(path, split)
     return load_dataset(path, name, split=split, data_files=data_files)
 
 

@@ -1,23 +1,35 @@
 """
 [`RFMRewardTrainer`]: TRL's `RewardTrainer`, learning reward features and per-user weights jointly.
 
-What it changes in TRL's trainer, and why:
-- `__init__`: builds the user vocabulary from the training data (sorted, so every rank builds the same one), builds or
-  wraps the model as a [`RewardFeatureModel`] with one row per rater, and asks PEFT to train and save the feature head
-  and the user table (`modules_to_save`).
-- `_prepare_dataset`: after TRL's tokenisation, maps each row's rater id to its row of the user table (`user_index`).
-- `_set_signature_columns_if_needed`: keeps `user_index` through `remove_unused_columns`.
-- the data collator is wrapped so that `user_index` survives collation (TRL's collator drops unknown keys).
+What it changes in TRL's trainer, and why (public methods first, then every private override):
+- `__init__`: seeds (`args.seed`, as TRL does) before building the model, so the feature head's initialisation follows
+  the seed; builds the user vocabulary from the training data (sorted, so every rank builds the same one); builds or
+  wraps the model as a [`RewardFeatureModel`] with one row per rater; asks PEFT to train and save the feature head and
+  the user table (`modules_to_save`); wraps the data collator so that `user_index` survives collation (TRL's collator
+  drops unknown keys).
 - `compute_loss`: TRL's Bradley-Terry loss on the users' rewards (margin and `center_rewards_coefficient` included),
   plus the loss of the population weights, the Gaussian prior on the user weights and the optional feature-covariance
-  penalty; logs population accuracy next to TRL's (personal) accuracy, and per-user (macro) accuracies in evaluation.
+  penalty; logs population accuracy next to TRL's (personal) accuracy.
+- `log`: adds the per-user (macro) accuracies accumulated during evaluation.
 - `create_optimizer`: the user table gets its own parameter group (its own learning rate, no weight decay: it already
-  has its prior).
+  has its prior), and the feature head its own learning rate when set.
+- `create_model_card`, `push_to_hub` (in [`RFMHubMixin`], `trainer/hub.py`): the RFM's card; the
+  users' weights (personal data) left out of uploads unless `push_user_weights=True`.
+
+Private overrides, each because no public hook exists:
+- `_prepare_dataset`: after TRL's tokenisation (called through `super()`), maps each row's rater id to its row of the
+  user table (`user_index`); TRL has no per-row hook for extra columns.
+- `_set_signature_columns_if_needed`: TRL's list plus `user_index`, so that `remove_unused_columns` keeps it.
+- `_save` ([`RFMCheckpointingMixin`], `trainer/checkpointing.py`): transformers' `_save` through `super()`, with the model's `save_pretrained` writing trl-rfm's layout
+  for that call (user table in `user_weights.safetensors`; for LoRA, no table in the adapter file); PEFT's own
+  `save_pretrained` would put the table in the adapter and lose the users' ids.
+- `_load_from_checkpoint`, `_load_best_model` (same mixin): transformers' loading, then the users restored from the
+  checkpoint's user file (for LoRA the whole adapter is loaded by trl-rfm, since PEFT's `load_adapter` expects the
+  user table in the adapter file).
+- `_push_from_checkpoint` ([`RFMHubMixin`]): the checkpoint uploads of `hub_strategy` leave the user file out.
 """
 
-import contextlib
 import dataclasses
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -26,22 +38,23 @@ from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.trainer_utils import enable_full_determinism, set_seed
 from trl import RewardConfig, RewardTrainer
 from trl.data_utils import get_dataset_column_names
 from trl.trainer.utils import create_model_from_path
 
-from .configuration_rfm import RewardFeatureConfig
-from .feature_geometry import feature_covariance_penalty
-from .model_card import build_model_card, personalize_model_card
-from .modeling_rfm import POPULATION_INDEX, RewardFeatureModel, normalize_user_id
+from ..io.feature_head import RFM_MODULES_TO_SAVE
+from ..models.configuration_rfm import RewardFeatureConfig
+from ..models.feature_geometry import feature_covariance_penalty
+from ..models.modeling_rfm import RewardFeatureModel
+from ..models.user_table import POPULATION_INDEX, normalize_user_id
+from .checkpointing import RFMCheckpointingMixin
+from .hub import RFMHubMixin
 from .rfm_config import RFMConfig
-from .serialization import ADAPTER_SAFE_WEIGHTS_NAME, restore_checkpoint, save_reward_feature_model, uploads_excluding
-from .user_weights_io import USER_WEIGHTS_NAME
 
 
 DEFAULT_USER_COLUMN = "user_id"
 USER_INDEX = "user_index"
-RFM_MODULES_TO_SAVE = ("feature_head", "user_weights")
 USER_WEIGHTS_LEARNING_RATE_RATIO = 10.0  # default user-table lr relative to `learning_rate` (see RFMConfig)
 
 
@@ -101,7 +114,7 @@ def _regroup(optimizer, parameters, **overrides) -> None:
             optimizer.add_param_group({**options, **overrides, "params": selected})
 
 
-class RFMRewardTrainer(RewardTrainer):
+class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
     """
     Trainer of [`RewardFeatureModel`]s: a drop-in replacement for [`trl.RewardTrainer`] whose datasets also carry a
     rater id per comparison (column `user_id`, or `RFMConfig.user_column`).
@@ -149,6 +162,8 @@ class RFMRewardTrainer(RewardTrainer):
         if processing_class is None and isinstance(model, str):
             # TRL would look the tokenizer up from the model's config, which for a freshly built RFM names no path.
             processing_class = AutoTokenizer.from_pretrained(model, trust_remote_code=args.trust_remote_code)
+        # Seeded before the model is built, as TRL and transformers do, so that `args.seed` sets the feature head.
+        enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
         model = self._load_or_build_model(model, args, user_ids, quantization_config)
         base_model = model.get_base_model() if is_peft_model(model) else model
         self._user_vocabulary = {uid: i for i, uid in enumerate(base_model.user_ids)}
@@ -268,8 +283,9 @@ class RFMRewardTrainer(RewardTrainer):
             raise ValueError(f"Bad user column {column!r} in the {dataset_name} dataset: {error}") from None
 
     def _set_signature_columns_if_needed(self):
-        if self._signature_columns is None:
-            self._signature_columns = ["chosen_ids", "rejected_ids", "margin", USER_INDEX]
+        super()._set_signature_columns_if_needed()
+        if USER_INDEX not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, USER_INDEX]
 
     # ------------------------------------------------------------------ loss and metrics
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -335,123 +351,3 @@ class RFMRewardTrainer(RewardTrainer):
             head_parameters = [p for n, p in opt_model.named_parameters() if "feature_head." in n and p.requires_grad]
             _regroup(optimizer, head_parameters, lr=self.args.feature_head_learning_rate)
         return optimizer
-
-    # ------------------------------------------------------------------ checkpoints, model card, Hub
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        # Full and LoRA models are saved in trl-rfm's layout (see `trl_rfm.serialization`): atomically, with the users'
-        # ids and rows in `user_weights.safetensors` (so that every checkpoint can be resumed with the same users),
-        # and for LoRA without the user table in the adapter file and with the model's config.json.
-        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        base_model = model.get_base_model() if is_peft_model(model) else model
-        if not isinstance(base_model, RewardFeatureModel):
-            return super()._save(output_dir, state_dict)
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save and not getattr(self, "is_distributed_loading_by_transformers", False):
-            return
-        save_reward_feature_model(
-            model,
-            output_dir,
-            state_dict=state_dict,
-            is_main_process=self.args.should_save,
-            model_card=self._build_model_card() if self.args.should_save else False,
-        )
-        if self.args.should_save:  # what `Trainer._save` adds beside the model
-            if self.processing_class is not None:
-                self.processing_class.save_pretrained(output_dir)
-            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        model = self.model if model is None else model
-        if is_peft_model(model) and os.path.isfile(os.path.join(resume_from_checkpoint, ADAPTER_SAFE_WEIGHTS_NAME)):
-            # PEFT's `load_adapter` needs the user table in the adapter file, where trl-rfm does not keep it.
-            restore_checkpoint(model, resume_from_checkpoint, load_model_weights=True)
-            return
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        restore_checkpoint(model, resume_from_checkpoint, load_model_weights=False)
-
-    def _load_best_model(self) -> None:
-        checkpoint = self.state.best_model_checkpoint
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:  # their own checkpoints hold the whole model
-            return super()._load_best_model()
-        if is_peft_model(self.model) and os.path.isfile(os.path.join(checkpoint, ADAPTER_SAFE_WEIGHTS_NAME)):
-            restore_checkpoint(self.model, checkpoint, load_model_weights=True)
-            return
-        super()._load_best_model()
-        restore_checkpoint(self.model, checkpoint, load_model_weights=False)
-
-    def _latest_eval_metrics(self) -> dict[str, float] | None:
-        for entry in reversed(self.state.log_history):
-            if "eval_accuracy" in entry:
-                return entry
-        return None
-
-    def _build_model_card(self):
-        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        base_model = model.get_base_model() if is_peft_model(model) else model
-        hub_model_id = self.args.hub_model_id
-        return build_model_card(
-            base_model,
-            model_name=(hub_model_id or self.args.output_dir).rstrip("/").split("/")[-1],
-            hub_model_id=hub_model_id,
-            tags=list(self._tag_names),
-            is_adapter=is_peft_model(model),
-            num_training_users=len(self._user_vocabulary),
-            includes_user_weights=getattr(self, "_pushing_user_weights", None),
-            eval_results=self._latest_eval_metrics(),
-        )
-
-    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
-        """TRL's model card, with the Reward Feature Model's metadata and sections (see `trl_rfm.model_card`)."""
-        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
-        path = os.path.join(self.args.output_dir, "README.md")
-        if not self.is_world_process_zero() or not os.path.isfile(path):
-            return
-        from huggingface_hub import ModelCard
-
-        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        card = personalize_model_card(
-            ModelCard.load(path),
-            model.get_base_model() if is_peft_model(model) else model,
-            hub_model_id=self.hub_model_id,
-            is_adapter=is_peft_model(model),
-            num_training_users=len(self._user_vocabulary),
-            includes_user_weights=getattr(self, "_pushing_user_weights", None),
-            eval_results=self._latest_eval_metrics(),
-        )
-        card.save(path)
-
-    def push_to_hub(
-        self,
-        commit_message: str | None = "End of training",
-        blocking: bool = True,
-        token: str | None = None,
-        revision: str | None = None,
-        private: bool | None = None,
-        push_user_weights: bool = False,
-        **kwargs,
-    ):
-        """
-        `Trainer.push_to_hub`, except that the users' weights (`user_weights.safetensors`, personal data) are left out
-        of the upload unless `push_user_weights=True`. Without them the repo is a population model that adapts to new
-        users; the local `output_dir` keeps them.
-        """
-        exclusion = contextlib.nullcontext() if push_user_weights else uploads_excluding([f"*{USER_WEIGHTS_NAME}"])
-        self._pushing_user_weights = push_user_weights
-        try:
-            with exclusion:
-                return super().push_to_hub(
-                    commit_message=commit_message,
-                    blocking=blocking,
-                    token=token,
-                    revision=revision,
-                    private=private,
-                    **kwargs,
-                )
-        finally:
-            del self._pushing_user_weights
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        # Checkpoint uploads (`push_to_hub=True`, `hub_strategy`) never include user weights; publishing them is an
-        # explicit `push_to_hub(push_user_weights=True)`.
-        with uploads_excluding([f"*{USER_WEIGHTS_NAME}"]):
-            super()._push_from_checkpoint(checkpoint_folder)

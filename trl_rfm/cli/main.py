@@ -5,18 +5,23 @@ import sys
 
 
 COMMANDS = {
-    "demo": ("trl_rfm.demo", "Train on synthetic raters, adapt held-out ones, print accuracy (offline, CPU)."),
-    "adapt": ("trl_rfm.adapt_cli", "Add users to a trained model from a file of their comparisons (few-shot)."),
-    "evaluate": ("trl_rfm.evaluate_cli", "Few-shot adaptation of held-out users vs baselines: JSON and plot."),
-    "export": ("trl_rfm.export", "Export one user as a standard AutoModelForSequenceClassification reward model."),
+    "demo": ("trl_rfm.cli.demo", "Train on synthetic raters, adapt held-out ones, print accuracy (offline, CPU)."),
+    "adapt": ("trl_rfm.cli.adapt", "Add users to a trained model from a file of their comparisons (few-shot)."),
+    "evaluate": ("trl_rfm.cli.evaluate", "Few-shot adaptation of held-out users vs baselines: JSON and plot."),
+    "export": ("trl_rfm.cli.export", "Export one user as a standard AutoModelForSequenceClassification reward model."),
 }
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-V", "--version"):
+        from .. import __version__
+
+        print(f"trl-rfm {__version__}")
+        return
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = [f"  {name:<10} {help_text}" for name, (_, help_text) in COMMANDS.items()]
-        print("usage: trl-rfm <command> [options]\n\ncommands:\n" + "\n".join(lines))
+        print("usage: trl-rfm [--version] <command> [options]\n\ncommands:\n" + "\n".join(lines))
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\ntrl-rfm: unknown command {argv[0]!r}", file=sys.stderr)
             sys.exit(2)

@@ -16,7 +16,7 @@ from datasets import Dataset
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 from trl.data_utils import is_conversational
 
-from .modeling_rfm import normalize_user_id
+from ..models.user_table import normalize_user_id
 from .personalized_reward import PersonalizedReward
 
 

@@ -10,7 +10,6 @@ Every user shares `phi`; a user is a `d`-vector. Scoring U users on the same res
 """
 
 import os
-import warnings
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -20,24 +19,10 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from . import serialization
+from ..io import hub, save_load
+from ..io.feature_head import HUB_KWARGS, check_feature_dimension, hub_kwargs_of, locate_feature_head
 from .configuration_rfm import RewardFeatureConfig
-from .user_weights import UserWeights
-
-
-POPULATION_INDEX = -1  # row of the user table (as returned by `UserWeights.forward`) holding the population weights
-
-
-def normalize_user_id(user_id: Hashable) -> str:
-    """Users are keyed by the string form of their id, so ids survive JSON and safetensors metadata unchanged."""
-    if user_id is None or (isinstance(user_id, float) and user_id != user_id):
-        raise ValueError(f"User id must not be None or NaN, got {user_id!r}.")
-    if isinstance(user_id, (list, tuple, dict, set)):
-        raise ValueError(f"User id must be a scalar (str or int), got {type(user_id).__name__} {user_id!r}.")
-    user_id = str(user_id)
-    if not user_id.strip():
-        raise ValueError("User id must not be an empty string.")
-    return user_id
+from .user_table import POPULATION_INDEX, UserVocabularyMixin, UserWeights
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -65,7 +50,7 @@ class RewardFeatureModelOutput(ModelOutput):
     user_weights_penalty: torch.Tensor | None = None
 
 
-class RewardFeatureModel(PreTrainedModel):
+class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
     r"""
     A causal-LM trunk with a reward-feature head and per-user weights; a drop-in reward model for TRL.
 
@@ -83,7 +68,7 @@ class RewardFeatureModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    # The user table is personal data, saved apart in `user_weights.safetensors` (see `trl_rfm.serialization`).
+    # The user table is personal data, saved apart in `user_weights.safetensors` (see `trl_rfm.io`).
     _keys_to_ignore_on_save = ["user_weights.weight"]
     _keys_to_ignore_on_load_missing = [r"^user_weights\.weight$"]
 
@@ -166,107 +151,6 @@ class RewardFeatureModel(PreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.backbone.set_input_embeddings(value)
-
-    # ------------------------------------------------------------------ users
-    @property
-    def user_ids(self) -> list[str]:
-        """Ids of the users with a row in the table, in row order."""
-        return list(self._user_ids)
-
-    @property
-    def num_users(self) -> int:
-        return len(self._user_ids)
-
-    def has_user(self, user_id: Hashable) -> bool:
-        return normalize_user_id(user_id) in self._user_index
-
-    def get_user_index(self, user_ids: Sequence[Hashable | None], strict: bool = False) -> torch.Tensor:
-        """
-        Rows of the user table for `user_ids` (a `LongTensor`). `None` selects the population weights; an unknown id
-        does too, with a warning, unless `strict=True`, which raises a `KeyError` naming it.
-        """
-        indices, unknown = [], []
-        for user_id in user_ids:
-            if user_id is None:
-                indices.append(POPULATION_INDEX)
-                continue
-            key = normalize_user_id(user_id)
-            index = self._user_index.get(key)
-            if index is None:
-                unknown.append(key)
-                index = POPULATION_INDEX
-            indices.append(index)
-        if unknown:
-            shown = ", ".join(repr(u) for u in sorted(set(unknown))[:5])
-            if strict:
-                raise KeyError(
-                    f"Unknown user id(s): {shown}. Known users: {self.num_users}; add them with `add_users`."
-                )
-            warnings.warn(f"Unknown user id(s) {shown}: scoring them with the population weights.", stacklevel=2)
-        return torch.tensor(indices, dtype=torch.long, device=self.user_weights.weight.device)
-
-    def get_user_weights(self, user_ids: Sequence[Hashable | None] | None = None, strict: bool = True) -> torch.Tensor:
-        """Weights `w_u` of `user_ids` (`None` entries: population), or the whole user table. [n, d]"""
-        table = self.user_weights()  # [U + 1, d]
-        if user_ids is None:
-            return table[:-1]
-        return table[self.get_user_index(user_ids, strict=strict)]
-
-    def get_population_weights(self) -> torch.Tensor:
-        return self.user_weights()[POPULATION_INDEX]  # [d]
-
-    @torch.no_grad()
-    def add_users(self, user_ids: Iterable[Hashable], weights: torch.Tensor | None = None) -> None:
-        """
-        Adds users to the table, or replaces the weights of users already there. New users without `weights` start
-        at the population weights, so they score like the population until trained or adapted.
-
-        Args:
-            user_ids: ids of the users (any hashable; keyed by their string form).
-            weights: optional `[len(user_ids), d]` weights.
-        """
-        keys = [normalize_user_id(u) for u in user_ids]
-        if len(set(keys)) != len(keys):
-            raise ValueError("`user_ids` contains duplicates.")
-        if weights is not None:
-            weights = torch.as_tensor(weights, dtype=self.user_weights.weight.dtype)
-            if weights.ndim != 2 or weights.shape != (len(keys), self.config.num_features):
-                raise ValueError(
-                    f"`weights` must have shape ({len(keys)}, {self.config.num_features}) = (users, num_features), "
-                    f"got {tuple(weights.shape)}."
-                )
-            if not torch.isfinite(weights).all():
-                raise ValueError("`weights` contains NaN or infinite values.")
-        new_keys = [k for k in keys if k not in self._user_index]
-        new_rows = None
-        if weights is not None:
-            position = {k: i for i, k in enumerate(keys)}
-            new_rows = weights[[position[k] for k in new_keys]] if new_keys else weights[:0]
-            for key in keys:
-                if key in self._user_index:
-                    self.user_weights.weight[self._user_index[key]] = weights[position[key]]
-        if new_keys:
-            self.user_weights.resize(self.num_users + len(new_keys), new_rows=new_rows)
-            self._set_user_ids(self._user_ids + new_keys)
-
-    @torch.no_grad()
-    def remove_users(self, user_ids: Iterable[Hashable]) -> None:
-        """Removes users (their rows and ids) from the table; unknown ids raise a `KeyError`."""
-        drop = {normalize_user_id(u) for u in user_ids}
-        missing = drop - set(self._user_index)
-        if missing:
-            raise KeyError(f"Cannot remove unknown user id(s): {sorted(missing)[:5]}.")
-        kept_ids = [u for u in self._user_ids if u not in drop]
-        keep = torch.tensor([self._user_index[u] for u in kept_ids], dtype=torch.long)
-        self.user_weights.resize(len(kept_ids), keep=keep)
-        self._set_user_ids(kept_ids)
-
-    def _set_user_ids(self, user_ids: list[str]) -> None:
-        if len(user_ids) != self.user_weights.num_users:
-            raise ValueError(f"{len(user_ids)} user ids for a table of {self.user_weights.num_users} rows.")
-        self._user_ids = list(user_ids)
-        self._user_index = {uid: i for i, uid in enumerate(self._user_ids)}
-        self.config.num_users = len(self._user_ids)
 
     # ------------------------------------------------------------------ the math
     def reward_features(
@@ -355,7 +239,7 @@ class RewardFeatureModel(PreTrainedModel):
         weights = table[:-1] if user_ids is None else table[self.get_user_index(user_ids, strict=strict)]
         return phi @ weights.T  # [B, n_users]
 
-    # ------------------------------------------------------------------ persistence (see `trl_rfm.serialization`)
+    # ------------------------------------------------------------------ persistence (see `trl_rfm.io`)
     def save_pretrained(
         self,
         save_directory: str | os.PathLike,
@@ -379,7 +263,7 @@ class RewardFeatureModel(PreTrainedModel):
         """
         push_options = ("repo_id", "push_user_weights", "commit_message", "commit_description", "private", "token")
         push_kwargs = {key: kwargs.pop(key) for key in (*push_options, "revision", "create_pr") if key in kwargs}
-        serialization.save_reward_feature_model(
+        save_load.save_reward_feature_model(
             self,
             save_directory,
             save_user_weights=save_user_weights,
@@ -399,7 +283,7 @@ class RewardFeatureModel(PreTrainedModel):
         to new users. `kwargs`: `commit_message`, `private`, `token`, `revision`, `create_pr`, `tags`, ... of
         transformers' `push_to_hub`. Returns the `huggingface_hub.CommitInfo`.
         """
-        return serialization.push_to_hub(self, repo_id, push_user_weights=push_user_weights, **kwargs)
+        return hub.push_to_hub(self, repo_id, push_user_weights=push_user_weights, **kwargs)
 
     @classmethod
     def from_pretrained(
@@ -429,17 +313,15 @@ class RewardFeatureModel(PreTrainedModel):
         """
         if pretrained_model_name_or_path is None:  # config + state_dict loading: nothing of ours on disk
             return super().from_pretrained(None, *model_args, **kwargs)
-        hub_kwargs = serialization.hub_kwargs_of(kwargs)
+        hub_kwargs = hub_kwargs_of(kwargs)
         config = kwargs.get("config")
         if not isinstance(config, PreTrainedConfig):
             config = cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        head = serialization.locate_feature_head(pretrained_model_name_or_path, hub_kwargs, kwargs.get("variant"))
-        serialization.check_feature_dimension(head, config.num_features, "its config.json")
+        head = locate_feature_head(pretrained_model_name_or_path, hub_kwargs, kwargs.get("variant"))
+        check_feature_dimension(head, config.num_features, "its config.json")
         if head.is_adapter:
-            model_kwargs = {
-                k: v for k, v in kwargs.items() if k not in (*serialization.HUB_KWARGS, "config", "adapter_kwargs")
-            }
-            return serialization.load_peft_reward_feature_model(
+            model_kwargs = {k: v for k, v in kwargs.items() if k not in (*HUB_KWARGS, "config", "adapter_kwargs")}
+            return save_load.load_peft_reward_feature_model(
                 cls,
                 pretrained_model_name_or_path,
                 config,
@@ -452,7 +334,7 @@ class RewardFeatureModel(PreTrainedModel):
             )
         loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # `output_loading_info=True`
-        serialization.attach_user_weights(model, pretrained_model_name_or_path, head, user_weights, hub_kwargs)
+        save_load.attach_user_weights(model, pretrained_model_name_or_path, head, user_weights, hub_kwargs)
         return loaded
 
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from trl import RewardConfig
 
-from .configuration_rfm import FEATURE_NORMALIZATIONS, POPULATION_WEIGHTS
+from ..models.configuration_rfm import FEATURE_NORMALIZATIONS, POPULATION_WEIGHTS
 
 
 @dataclass

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .adaptation import UserPosterior, fit_user_posterior
+from .solver import UserPosterior, fit_user_posterior
 
 
 def expected_information_gain(posterior: UserPosterior, candidate_differences: torch.Tensor) -> torch.Tensor:

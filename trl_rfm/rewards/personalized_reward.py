@@ -17,9 +17,9 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import is_peft_model
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-from trl.data_utils import is_conversational
 
-from .modeling_rfm import RewardFeatureModel
+from ..adaptation.features import tokenize_sequence
+from ..models.modeling_rfm import RewardFeatureModel
 
 
 class PersonalizedReward:
@@ -136,26 +136,12 @@ class PersonalizedReward:
         """Token ids of every prompt + completion, as TRL's `RewardTrainer` tokenises a training response."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions.")
-        tokenizer = self.processing_class
         sequences = []
         for prompt, completion in zip(prompts, completions, strict=True):
-            if is_conversational({"prompt": prompt}):
-                if isinstance(completion, str):
-                    completion = [{"role": "assistant", "content": completion}]
-                ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
-            else:
-                if not isinstance(prompt, str) or not isinstance(completion, str):
-                    raise TypeError(
-                        "Prompts and completions must both be text, or both be conversations (lists of messages); "
-                        f"got {type(prompt).__name__} and {type(completion).__name__}."
-                    )
-                text = prompt + completion
-                if not text.endswith(tokenizer.eos_token):
-                    text += tokenizer.eos_token  # RewardTrainer appends EOS to every plain-text response
-                ids = tokenizer(text=text)["input_ids"]
+            ids = tokenize_sequence(self.processing_class, prompt, completion)
             if self.max_length is not None and len(ids) > self.max_length:
                 ids = ids[-self.max_length :]
-            sequences.append(list(ids))
+            sequences.append(ids)
         return sequences
 
     @torch.no_grad()

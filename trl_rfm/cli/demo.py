@@ -14,12 +14,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from .adaptation import fit_user_weights, prior_from_model
-from .feature_cache import compute_feature_differences, group_by_user
-from .rfm_config import RFMConfig
-from .rfm_trainer import RFMRewardTrainer
-from .synthetic import make_synthetic_preferences
-from .tiny_models import build_tiny_causal_lm, build_tokenizer
+from ..adaptation.features import compute_feature_differences, group_by_user
+from ..adaptation.prior import prior_from_model
+from ..evaluation.protocol import accuracy_vs_k
+from ..testing.synthetic import make_synthetic_preferences
+from ..testing.tiny_models import build_tiny_causal_lm, build_tokenizer
+from ..trainer.rfm_config import RFMConfig
+from ..trainer.rfm_trainer import RFMRewardTrainer
+from .common import parse_arguments
 
 
 @dataclass
@@ -87,19 +89,19 @@ def run_demo(args: DemoArguments) -> dict:
     # Held-out raters: features computed once, then only logistic regressions.
     heldout = data.heldout
     differences = compute_feature_differences(model, tokenizer, heldout, batch_size=128)
-    grouped, _, user_ids = group_by_user(differences, heldout["user_id"])  # [U, P, d]
-    adapt_pool, test = grouped[:, : max(shots)], grouped[:, max(shots) :]
+    grouped, mask, _ = group_by_user(differences, heldout["user_id"])  # [U, P, d]
+    # The first max(k) pairs of each held-out rater form the adaptation pool, the rest the test set.
+    pool, pool_mask, test, test_mask = (
+        grouped[:, : max(shots)],
+        mask[:, : max(shots)],
+        grouped[:, max(shots) :],
+        mask[:, max(shots) :],
+    )
     prior_mean, l2 = prior_from_model(model)
-    rng = np.random.default_rng(args.seed)
-    results = {}
-    for k in shots:
-        accuracies = []
-        for _ in range(args.num_draws if k > 0 else 1):
-            chosen = torch.as_tensor(np.stack([rng.permutation(adapt_pool.shape[1])[:k] for _ in user_ids]))
-            selected = torch.gather(adapt_pool, 1, chosen[..., None].expand(-1, -1, adapt_pool.shape[-1]))
-            weights = fit_user_weights(selected, prior_mean=prior_mean, l2=l2)  # [U, d]
-            accuracies.append(((test @ weights[..., None])[..., 0] > 0).float().mean().item())
-        results[k] = (float(np.mean(accuracies)), float(np.std(accuracies)))
+    per_draw = accuracy_vs_k(
+        pool, pool_mask, test, test_mask, prior_mean, l2, shots, args.num_draws, args.seed, average="pooled"
+    )
+    results = {k: (float(np.mean(v)), float(np.std(v))) for k, v in per_draw.items()}
 
     table = Table(title="Held-out raters: accuracy on their unseen pairs")
     table.add_column("k (pairs to adapt)", justify="right")
@@ -119,8 +121,6 @@ def run_demo(args: DemoArguments) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = parse_arguments("demo", DemoArguments, argv)
     run_demo(args)

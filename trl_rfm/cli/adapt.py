@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from rich.console import Console
 
+from .common import load_comparisons, parse_arguments
+
 
 @dataclass
 class AdaptArguments:
@@ -41,12 +43,12 @@ class AdaptArguments:
 
 
 def run_adapt(args: AdaptArguments):
-    from datasets import load_dataset
     from transformers import AutoTokenizer
 
-    from .adaptation import adapt_users
-    from .modeling_rfm import RewardFeatureModel, normalize_user_id
-    from .user_weights_io import USER_WEIGHTS_NAME, feature_fingerprint, save_user_weights
+    from ..adaptation.adapt_users import adapt_users
+    from ..io.user_weights_file import USER_WEIGHTS_NAME, feature_fingerprint, save_user_weights
+    from ..models.modeling_rfm import RewardFeatureModel
+    from ..models.user_table import normalize_user_id
 
     console = Console()
     if args.weights_only and os.path.abspath(args.output_dir) == os.path.abspath(args.model_name_or_path):
@@ -54,13 +56,7 @@ def run_adapt(args: AdaptArguments):
             "With --weights_only, --output_dir must differ from the model's folder (it would replace "
             "the model's user table by the new users alone)."
         )
-    extension = os.path.splitext(args.comparisons_file)[1].lstrip(".").lower()
-    builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(extension)
-    if builder is None:
-        raise ValueError(
-            f"Unsupported comparisons file {args.comparisons_file!r}: use .json, .jsonl, .csv or .parquet."
-        )
-    comparisons = load_dataset(builder, data_files=args.comparisons_file, split="train")
+    comparisons = load_comparisons(args.comparisons_file)
     if args.user_id is not None:
         user_id = normalize_user_id(args.user_id)  # rejects an empty id with a clear message
         if args.user_column in comparisons.column_names:
@@ -95,7 +91,5 @@ def run_adapt(args: AdaptArguments):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
-    (args,) = HfArgumentParser(AdaptArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = parse_arguments("adapt", AdaptArguments, argv)
     run_adapt(args)

@@ -20,13 +20,12 @@ import copy
 import os
 import warnings
 from collections.abc import Hashable
-from dataclasses import dataclass, field
 
 import torch
 from accelerate.utils import is_peft_model
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
-from .modeling_rfm import RewardFeatureModel
+from ..models.modeling_rfm import RewardFeatureModel
 
 
 SCORE_HEADS = ("linear", "normalized")
@@ -187,25 +186,3 @@ def _save_with_remote_head(exported, config, state, num_features, output_dir) ->
         os.path.join(output_dir, "model.safetensors"),
         metadata={"format": "pt"},
     )
-
-
-@dataclass
-class ExportArguments:
-    model_path: str = field(metadata={"help": "A saved Reward Feature Model (local path or Hub id)."})
-    output_dir: str = field(metadata={"help": "Where to write the user's reward model."})
-    user_id: str | None = field(default=None, metadata={"help": "The user to export; default: the population."})
-    score_head: str = field(
-        default="linear",
-        metadata={"help": "`linear` (stock class, needs feature_normalization='none') or `normalized` (remote code)."},
-    )
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`trl-rfm export`: one user of a saved Reward Feature Model as a standard reward model."""
-    from transformers import AutoModel, AutoTokenizer, HfArgumentParser
-
-    (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses(args=argv)
-    model = AutoModel.from_pretrained(args.model_path)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_path)
-    path = export_user_reward_model(model, args.user_id, args.output_dir, tokenizer, score_head=args.score_head)
-    print(f"Exported the reward of {args.user_id or 'the population'} to {path}")

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.table import Table
 
-from .evaluation import AdaptationEvaluationConfig, AdaptationEvaluationResult, evaluate_adaptation
+from ..evaluation.harness import AdaptationEvaluationConfig, AdaptationEvaluationResult, evaluate_adaptation
+from .common import load_comparisons, parse_arguments
 
 
 @dataclass
@@ -36,16 +37,6 @@ class EvaluateDataArguments:
     disagreement: float = field(default=1.0, metadata={"help": "Synthetic: 0 (identical raters) to 1 (opposed)."})
 
 
-def _load(path: str):
-    from datasets import load_dataset
-
-    extension = os.path.splitext(path)[1].lstrip(".").lower()
-    builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(extension)
-    if builder is None:
-        raise ValueError(f"Unsupported comparisons file {path!r}: use .json, .jsonl, .csv or .parquet.")
-    return load_dataset(builder, data_files=path, split="train")
-
-
 def run_evaluation(data_args: EvaluateDataArguments, config: AdaptationEvaluationConfig) -> AdaptationEvaluationResult:
     console = Console()
     os.makedirs(data_args.output_dir, exist_ok=True)
@@ -58,14 +49,14 @@ def run_evaluation(data_args: EvaluateDataArguments, config: AdaptationEvaluatio
             )
         from transformers import AutoTokenizer
 
-        train, adaptation, test = (_load(f) for f in files)
-        calibration = _load(data_args.calibration_file) if data_args.calibration_file else None
+        train, adaptation, test = (load_comparisons(f) for f in files)
+        calibration = load_comparisons(data_args.calibration_file) if data_args.calibration_file else None
         backbone = data_args.model_name_or_path
         tokenizer = AutoTokenizer.from_pretrained(backbone)
         title = f"{os.path.basename(data_args.test_file)}: held-out users"
     else:
-        from .synthetic import make_synthetic_preferences
-        from .tiny_models import build_tiny_causal_lm, build_tokenizer
+        from ..testing.synthetic import make_synthetic_preferences
+        from ..testing.tiny_models import build_tiny_causal_lm, build_tokenizer
 
         shots = config.shot_list
         data = make_synthetic_preferences(
@@ -121,9 +112,6 @@ def run_evaluation(data_args: EvaluateDataArguments, config: AdaptationEvaluatio
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    parser = HfArgumentParser((EvaluateDataArguments, AdaptationEvaluationConfig))
-    data_args, config = parser.parse_args_into_dataclasses(args=argv)
+    data_args, config = parse_arguments("evaluate", (EvaluateDataArguments, AdaptationEvaluationConfig), argv)
     run_evaluation(data_args, config)

@@ -1,0 +1,31 @@
+"""`trl-rfm export`: one user of a saved Reward Feature Model as a standard reward model (see
+[`trl_rfm.export_user_reward_model`])."""
+
+from dataclasses import dataclass, field
+
+from ..rewards.export import export_user_reward_model
+from .common import parse_arguments
+
+
+@dataclass
+class ExportArguments:
+    model_name_or_path: str = field(
+        metadata={"help": "A saved Reward Feature Model (local path or Hub id); `--model_path` is a deprecated alias."}
+    )
+    output_dir: str = field(metadata={"help": "Where to write the user's reward model."})
+    user_id: str | None = field(default=None, metadata={"help": "The user to export; default: the population."})
+    score_head: str = field(
+        default="linear",
+        metadata={"help": "`linear` (stock class, needs feature_normalization='none') or `normalized` (remote code)."},
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`trl-rfm export`: one user of a saved Reward Feature Model as a standard reward model."""
+    from transformers import AutoModel, AutoTokenizer
+
+    (args,) = parse_arguments("export", ExportArguments, argv)
+    model = AutoModel.from_pretrained(args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+    path = export_user_reward_model(model, args.user_id, args.output_dir, tokenizer, score_head=args.score_head)
+    print(f"Exported the reward of {args.user_id or 'the population'} to {path}")

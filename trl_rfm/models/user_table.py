@@ -1,0 +1,199 @@
+"""The table of per-user reward weights `w_u` and the population weights `w_pop`, and the users' id vocabulary."""
+
+import math
+import warnings
+from collections.abc import Hashable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+
+POPULATION_INDEX = -1  # row of the user table (as returned by `UserWeights.forward`) holding the population weights
+
+
+def normalize_user_id(user_id: Hashable) -> str:
+    """Users are keyed by the string form of their id, so ids survive JSON and safetensors metadata unchanged."""
+    if user_id is None or (isinstance(user_id, float) and user_id != user_id):
+        raise ValueError(f"User id must not be None or NaN, got {user_id!r}.")
+    if isinstance(user_id, (list, tuple, dict, set)):
+        raise ValueError(f"User id must be a scalar (str or int), got {type(user_id).__name__} {user_id!r}.")
+    user_id = str(user_id)
+    if not user_id.strip():
+        raise ValueError("User id must not be an empty string.")
+    return user_id
+
+
+class UserWeights(nn.Module):
+    r"""
+    Holds one weight vector per known user and the population weights used for everyone else.
+
+    It is read through `forward()`, which returns the whole table with the population weights as its last row, so
+    that index `-1` means "population". Reading through `forward` (rather than `.weight`) is what makes the table work
+    when it is wrapped by PEFT's `modules_to_save` or partitioned by DeepSpeed ZeRO-3, both of which hook the call.
+
+    Args:
+        num_users (`int`): rows of the user table.
+        num_features (`int`): the feature dimension `d`.
+        population_weights (`str`): `"learned"` (a trained vector) or `"mean"` (the mean of the user rows).
+    """
+
+    def __init__(self, num_users: int, num_features: int, population_weights: str = "learned"):
+        super().__init__()
+        self.population_mode = population_weights
+        self.weight = nn.Parameter(torch.empty(num_users, num_features))
+        self.population = nn.Parameter(torch.zeros(num_features))
+        self.reset_parameters()
+
+    @property
+    def num_users(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def num_features(self) -> int:
+        return self.weight.shape[1]
+
+    def reset_parameters(self) -> None:
+        # With unit-RMS features (||phi|| = sqrt(d)), rows drawn with std 1/sqrt(d) give rewards of unit scale.
+        nn.init.normal_(self.weight, std=1.0 / math.sqrt(self.num_features))
+        nn.init.zeros_(self.population)
+        self._sync_population_trainability()
+
+    def _sync_population_trainability(self) -> None:
+        # In "mean" mode the population vector only matters while there are no users; leaving it trainable otherwise
+        # would hand DDP a parameter that never receives a gradient.
+        uses_population_parameter = self.population_mode == "learned" or self.num_users == 0
+        self.population.requires_grad_(uses_population_parameter)
+
+    def population_weights(self) -> torch.Tensor:
+        if self.population_mode == "mean" and self.num_users > 0:
+            return self.weight.mean(dim=0)
+        return self.population
+
+    def forward(self) -> torch.Tensor:
+        return torch.cat([self.weight, self.population_weights()[None]], dim=0)  # [U + 1, d]
+
+    @torch.no_grad()
+    def resize(self, num_users: int, keep: torch.Tensor | None = None, new_rows: torch.Tensor | None = None) -> None:
+        """
+        Rebuilds the table with `num_users` rows: rows `keep` (indices into the old table, in order) come first, then
+        `new_rows` (or copies of the population weights).
+        """
+        old = self.weight.data
+        kept = old[keep] if keep is not None else old
+        if new_rows is None:
+            new_rows = self.population_weights().detach().expand(num_users - kept.shape[0], -1)
+        table = torch.cat([kept, new_rows.to(old)], dim=0)
+        if table.shape[0] != num_users:
+            raise ValueError(f"Resizing the user table to {num_users} rows produced {table.shape[0]} rows.")
+        self.weight = nn.Parameter(table.contiguous(), requires_grad=self.weight.requires_grad)
+        self._sync_population_trainability()
+
+    def extra_repr(self) -> str:
+        return f"num_users={self.num_users}, num_features={self.num_features}, population={self.population_mode!r}"
+
+
+class UserVocabularyMixin:
+    """
+    The users of a [`RewardFeatureModel`]: their ids (`self._user_ids`, in row order, and `self._user_index`) kept in
+    step with the rows of its [`UserWeights`] table (`self.user_weights`), and `config.num_users`.
+    """
+
+    @property
+    def user_ids(self) -> list[str]:
+        """Ids of the users with a row in the table, in row order."""
+        return list(self._user_ids)
+
+    @property
+    def num_users(self) -> int:
+        return len(self._user_ids)
+
+    def has_user(self, user_id: Hashable) -> bool:
+        return normalize_user_id(user_id) in self._user_index
+
+    def get_user_index(self, user_ids: Sequence[Hashable | None], strict: bool = False) -> torch.Tensor:
+        """
+        Rows of the user table for `user_ids` (a `LongTensor`). `None` selects the population weights; an unknown id
+        does too, with a warning, unless `strict=True`, which raises a `KeyError` naming it.
+        """
+        indices, unknown = [], []
+        for user_id in user_ids:
+            if user_id is None:
+                indices.append(POPULATION_INDEX)
+                continue
+            key = normalize_user_id(user_id)
+            index = self._user_index.get(key)
+            if index is None:
+                unknown.append(key)
+                index = POPULATION_INDEX
+            indices.append(index)
+        if unknown:
+            shown = ", ".join(repr(u) for u in sorted(set(unknown))[:5])
+            if strict:
+                raise KeyError(
+                    f"Unknown user id(s): {shown}. Known users: {self.num_users}; add them with `add_users`."
+                )
+            warnings.warn(f"Unknown user id(s) {shown}: scoring them with the population weights.", stacklevel=2)
+        return torch.tensor(indices, dtype=torch.long, device=self.user_weights.weight.device)
+
+    def get_user_weights(self, user_ids: Sequence[Hashable | None] | None = None, strict: bool = True) -> torch.Tensor:
+        """Weights `w_u` of `user_ids` (`None` entries: population), or the whole user table. [n, d]"""
+        table = self.user_weights()  # [U + 1, d]
+        if user_ids is None:
+            return table[:-1]
+        return table[self.get_user_index(user_ids, strict=strict)]
+
+    def get_population_weights(self) -> torch.Tensor:
+        return self.user_weights()[POPULATION_INDEX]  # [d]
+
+    @torch.no_grad()
+    def add_users(self, user_ids: Iterable[Hashable], weights: torch.Tensor | None = None) -> None:
+        """
+        Adds users to the table, or replaces the weights of users already there. New users without `weights` start
+        at the population weights, so they score like the population until trained or adapted.
+
+        Args:
+            user_ids: ids of the users (any hashable; keyed by their string form).
+            weights: optional `[len(user_ids), d]` weights.
+        """
+        keys = [normalize_user_id(u) for u in user_ids]
+        if len(set(keys)) != len(keys):
+            raise ValueError("`user_ids` contains duplicates.")
+        if weights is not None:
+            weights = torch.as_tensor(weights, dtype=self.user_weights.weight.dtype)
+            if weights.ndim != 2 or weights.shape != (len(keys), self.config.num_features):
+                raise ValueError(
+                    f"`weights` must have shape ({len(keys)}, {self.config.num_features}) = (users, num_features), "
+                    f"got {tuple(weights.shape)}."
+                )
+            if not torch.isfinite(weights).all():
+                raise ValueError("`weights` contains NaN or infinite values.")
+        new_keys = [k for k in keys if k not in self._user_index]
+        new_rows = None
+        if weights is not None:
+            position = {k: i for i, k in enumerate(keys)}
+            new_rows = weights[[position[k] for k in new_keys]] if new_keys else weights[:0]
+            for key in keys:
+                if key in self._user_index:
+                    self.user_weights.weight[self._user_index[key]] = weights[position[key]]
+        if new_keys:
+            self.user_weights.resize(self.num_users + len(new_keys), new_rows=new_rows)
+            self._set_user_ids(self._user_ids + new_keys)
+
+    @torch.no_grad()
+    def remove_users(self, user_ids: Iterable[Hashable]) -> None:
+        """Removes users (their rows and ids) from the table; unknown ids raise a `KeyError`."""
+        drop = {normalize_user_id(u) for u in user_ids}
+        missing = drop - set(self._user_index)
+        if missing:
+            raise KeyError(f"Cannot remove unknown user id(s): {sorted(missing)[:5]}.")
+        kept_ids = [u for u in self._user_ids if u not in drop]
+        keep = torch.tensor([self._user_index[u] for u in kept_ids], dtype=torch.long)
+        self.user_weights.resize(len(kept_ids), keep=keep)
+        self._set_user_ids(kept_ids)
+
+    def _set_user_ids(self, user_ids: list[str]) -> None:
+        if len(user_ids) != self.user_weights.num_users:
+            raise ValueError(f"{len(user_ids)} user ids for a table of {self.user_weights.num_users} rows.")
+        self._user_ids = list(user_ids)
+        self._user_index = {uid: i for i, uid in enumerate(self._user_ids)}
+        self.config.num_users = len(self._user_ids)
