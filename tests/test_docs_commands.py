@@ -123,7 +123,7 @@ def page_dir(request, tmp_path_factory):
 @pytest.mark.parametrize(("page", "index"), block_params())
 def test_command(page, index, page_dir, request):
     block = read_blocks(page)[index]
-    needs_model = "rfm-tiny" in block["code"] and "--output_dir rfm-tiny " not in block["code"]
+    needs_model = re.search(r"rfm-tiny(?![-\w])", block["code"]) and "--output_dir rfm-tiny " not in block["code"]
     if needs_model and not (page_dir / "rfm-tiny").exists():
         shutil.copytree(request.getfixturevalue("rfm_tiny"), page_dir / "rfm-tiny")
     result = run_block(block, page_dir)
