@@ -47,7 +47,8 @@ def tokenize_sequence(
             f"got {type(prompt).__name__} and {type(completion).__name__}."
         )
     eos = processing_class.eos_token
-    text = (prompt or "") + (completion if completion.endswith(eos) else completion + eos)
+    # No EOS (BERT-style tokenizers close every sequence with their own `[SEP]`): nothing is appended.
+    text = (prompt or "") + (completion if eos is None or completion.endswith(eos) else completion + eos)
     if cache is None:
         return list(processing_class(text=text)["input_ids"])
     if text not in cache:
@@ -64,7 +65,8 @@ def tokenize_preferences(
     """
     Adds the `chosen_ids`/`rejected_ids` TRL's `RewardTrainer` computes for training (any TRL preference format:
     explicit or implicit prompt, text or conversations; `tools` and `chat_template_kwargs` columns honoured), so that
-    cached features match the ones the model was trained on; pairs longer than `max_length` are dropped, as TRL does.
+    cached features match the ones the model was trained on (a tokenizer without EOS, e.g. BERT's, gets none appended:
+    `trl.RewardTrainer` itself fails on such a tokenizer, and accepts the datasets returned here); pairs longer than `max_length` are dropped, as TRL does.
     A dataset that already has these columns is kept as it is (TRL skips its tokenisation too). `cache` (text -> ids)
     tokenises each distinct plain text once, for datasets whose responses repeat.
     """
@@ -189,7 +191,7 @@ def compute_score_head_input_differences(
     """
     For an ordinary reward model (`AutoModelForSequenceClassification`, one label, e.g. trained by
     `trl.RewardTrainer`): the difference, chosen minus rejected, of the hidden state its score head reads (the last
-    real token's). These fixed features make the "linear" adaptive baseline: a per-user logistic regression on them,
+    real token's for decoders; for BERT/DeBERTa-v2, the pooler output the classifier reads). These fixed features make the "linear" adaptive baseline: a per-user logistic regression on them,
     with the prior centred on the score head's weights, is the reward model itself at 0 pairs. `[pairs, hidden]`.
     """
     head = score_head(model)
@@ -198,7 +200,9 @@ def compute_score_head_input_differences(
 
     def featurize(input_ids, attention_mask):
         model(input_ids=input_ids, attention_mask=attention_mask)
-        hidden = captured.pop("hidden")  # [B, T, H]
+        hidden = captured.pop("hidden")  # [B, T, H]; encoders' heads read an already pooled [B, H]
+        if hidden.dim() == 2:  # BERT: the pooler's tanh(W h_CLS + b); DeBERTa-v2: its ContextPooler
+            return hidden
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
 
     try:

@@ -5,6 +5,8 @@ from typing import ClassVar
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .pooling import POOLINGS
+
 
 FEATURE_NORMALIZATIONS = ("rms", "none")
 POPULATION_WEIGHTS = ("learned", "mean")
@@ -34,6 +36,11 @@ class RewardFeatureConfig(PreTrainedConfig):
             How the weights used for unknown users are formed. `"learned"`: a separate vector trained on every
             comparison as if one rater had made them all (the best single reward on the learned features). `"mean"`:
             the mean of the user rows.
+        pooling (`str`, *optional*, defaults to `"auto"`):
+            Which hidden states the feature head reads: `"last"` (last attended token, for causal LMs), `"cls"` (first
+            token, `[CLS]`) or `"mean"` (mean over attended tokens) for encoders; `"auto"` picks `"mean"` for
+            bidirectional encoders (BERT, RoBERTa, DeBERTa, ...; sentence-transformers models are mean-pooled) and
+            `"last"` otherwise. See `trl_rfm.models.pooling`.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialisation of the feature head.
     """
@@ -53,6 +60,7 @@ class RewardFeatureConfig(PreTrainedConfig):
     num_users: int = 0
     feature_normalization: str = "rms"
     population_weights: str = "learned"
+    pooling: str = "auto"
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -67,6 +75,8 @@ class RewardFeatureConfig(PreTrainedConfig):
             raise ValueError(
                 f"`population_weights` must be one of {POPULATION_WEIGHTS}, got {self.population_weights!r}."
             )
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"`pooling` must be one of {POOLINGS}, got {self.pooling!r}.")
         if self.num_features < 1:
             raise ValueError(f"`num_features` must be >= 1, got {self.num_features}.")
         if self.num_features == 1 and self.feature_normalization == "rms":

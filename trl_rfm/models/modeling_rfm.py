@@ -1,8 +1,9 @@
 """
 The Reward Feature Model (Barreto et al., 2025, "Capturing Individual Human Preferences with Reward Features").
 
-    tokens ──► backbone (causal-LM trunk, optionally LoRA) ──► h_last [B, H]   hidden state of the last real token
-    h_last ──► feature_head Linear(H, d), RMS-normalised  ──► phi    [B, d]   reward features
+    tokens ──► backbone (causal LM or encoder, optionally LoRA) ──► h [B, H]   pooled: last real token (causal LMs),
+                                                                            mean or [CLS] (encoders), `config.pooling`
+    h      ──► feature_head Linear(H, d), RMS-normalised  ──► phi    [B, d]   reward features
     phi    ──► user_weights W[u]                          ──► r_u = phi · W[u]   [B]
 
 Every user shares `phi`; a user is a `d`-vector. Scoring U users on the same responses costs one backbone pass
@@ -22,13 +23,8 @@ from transformers.utils import ModelOutput
 from ..io import hub, save_load
 from ..io.feature_head import HUB_KWARGS, check_feature_dimension, hub_kwargs_of, locate_feature_head
 from .configuration_rfm import RewardFeatureConfig
+from .pooling import last_token_index, pool_hidden_states, resolve_pooling  # noqa: F401  (last_token_index: re-export)
 from .user_table import POPULATION_INDEX, UserVocabularyMixin, UserWeights
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position of the last attended token of each row, for right or left padding alike. [B, T] -> [B]"""
-    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
-    return (positions * attention_mask.long()).argmax(dim=-1)
 
 
 @dataclass
@@ -95,6 +91,7 @@ class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
         user_ids: Iterable[Hashable] | None = None,
         feature_normalization: str = "rms",
         population_weights: str = "learned",
+        pooling: str = "auto",
         **model_init_kwargs,
     ) -> "RewardFeatureModel":
         """
@@ -106,6 +103,8 @@ class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
                 instance (a `*ForCausalLM` contributes its trunk, `model.base_model`).
             num_features: the feature dimension `d`.
             user_ids: the ids of the training raters, one row each.
+            pooling: `"last"`, `"cls"`, `"mean"` or `"auto"` (mean for encoders such as BERT, last token otherwise),
+                stored resolved in the config; see [`RewardFeatureConfig`].
         """
         if isinstance(backbone, str):
             config = AutoConfig.from_pretrained(backbone, **_config_kwargs(model_init_kwargs))
@@ -132,6 +131,7 @@ class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
             num_features=num_features,
             feature_normalization=feature_normalization,
             population_weights=population_weights,
+            pooling=resolve_pooling(pooling, trunk.config),
         )
         model = cls(config, backbone=trunk)
         model.to(trunk.dtype)
@@ -145,6 +145,11 @@ class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
         elif isinstance(module, UserWeights):
             init.normal_(module.weight, std=module.num_features**-0.5)
             init.zeros_(module.population)
+
+    @property
+    def pooling(self) -> str:
+        """The concrete pooling (`"last"`, `"cls"` or `"mean"`): `config.pooling` with `"auto"` resolved."""
+        return resolve_pooling(self.config.pooling, self.config.text_config)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()
@@ -172,12 +177,15 @@ class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **backbone_kwargs
         ).last_hidden_state  # [B, T, H]
-        last = last_token_index(attention_mask)  # [B]
-        h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, H]
-        phi = self.feature_head(h_last.to(self.feature_head.weight.dtype)).float()  # [B, d]
+        pooled = pool_hidden_states(hidden, attention_mask, self.pooling)  # [B, H]
+        phi = self.feature_head(pooled.to(self.feature_head.weight.dtype)).float()  # [B, d]
         if self.config.feature_normalization == "rms":
             # Fixes the phi/W scale ambiguity: ||phi|| = sqrt(d), all reward scale lives in the user weights.
             phi = phi * torch.rsqrt(phi.pow(2).mean(dim=-1, keepdim=True) + 1e-6)
+        elif self.config.feature_normalization == "layernorm":
+            # Centred as well as scaled: the component shared by all features, which a single direction of the
+            # weights can read, is removed, so the consensus cannot occupy every feature at once.
+            phi = nn.functional.layer_norm(phi, phi.shape[-1:], eps=1e-5)
         return phi
 
     def forward(
@@ -214,7 +222,11 @@ class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
         user_rows = table[:-1]
         if user_rows.shape[0] > 0:
             # Gaussian prior N(w_pop, sigma^2 I) on every user; w_pop is not pulled towards the users.
-            user_weights_penalty = (user_rows - table[POPULATION_INDEX].detach()).pow(2).sum(-1).mean()
+            # In "hierarchical" mode this is `||delta_u||^2`, which leaves w_pop free (its gradient cancels).
+            population = table[POPULATION_INDEX]
+            if self.config.population_weights != "hierarchical":
+                population = population.detach()
+            user_weights_penalty = (user_rows - population).pow(2).sum(-1).mean()
         else:
             user_weights_penalty = table.sum() * 0.0
         return RewardFeatureModelOutput(

@@ -14,6 +14,12 @@ turn `||x||` into `||A x||` (RMSNorm commutes only with orthogonal maps, which p
 (`score_head="normalized"`), with a 20-line score head shipped as remote code beside the weights: exact, loadable
 with `from_pretrained(..., trust_remote_code=True)` and no `trl_rfm` import, and compatible with TRL's legacy
 `PPOTrainer` (which calls `model.score(hidden_states)`).
+
+Encoder trunks (BERT, RoBERTa, DeBERTa; `pooling="mean"` or `"cls"`) are refused, with the reason: no stock
+`*ForSequenceClassification` reads what the RFM reads. `BertForSequenceClassification` reads `tanh(W h_CLS + b)`
+through BERT's pooler (a tanh of the `[CLS]` state, never the mean of the tokens nor the raw `[CLS]` state), RoBERTa's
+head is a dense + tanh layer on `<s>`, DeBERTa-v2's a `ContextPooler` on `[CLS]`. Score such models with the RFM
+itself ([`PersonalizedReward`], `rewards_for_users`), which TRL's online trainers accept as a reward function.
 """
 
 import copy
@@ -26,6 +32,7 @@ from accelerate.utils import is_peft_model
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..models.modeling_rfm import RewardFeatureModel
+from ..models.pooling import is_encoder_config
 
 
 SCORE_HEADS = ("linear", "normalized")
@@ -103,6 +110,14 @@ def export_user_reward_model(
     if not isinstance(base, RewardFeatureModel):
         raise TypeError(
             f"`model` must be a RewardFeatureModel or a PeftModel wrapping one, got {type(base).__name__}."
+        )
+    if is_encoder_config(base.config.text_config) or base.pooling != "last":
+        raise ValueError(
+            f"This model pools its trunk ({base.config.text_config.model_type!r}) with pooling={base.pooling!r}, "
+            "which no stock sequence-classification model reproduces: those read the last non-pad token (decoders) "
+            "or, for encoders, a pooler of their own (BertForSequenceClassification: tanh(W h_CLS + b); RoBERTa: "
+            "dense + tanh on <s>; DeBERTa-v2: ContextPooler). Export is exact only for causal-LM trunks with "
+            "pooling='last'; score encoder RFMs with the model itself (`PersonalizedReward`, `rewards_for_users`)."
         )
     normalization = base.config.feature_normalization
     if score_head == "linear" and normalization != "none":

