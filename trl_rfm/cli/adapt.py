@@ -46,6 +46,7 @@ def run_adapt(args: AdaptArguments):
     from transformers import AutoTokenizer
 
     from ..adaptation.adapt_users import adapt_users
+    from ..io.save_load import save_reward_feature_model
     from ..io.user_weights_file import USER_WEIGHTS_NAME, feature_fingerprint, save_user_weights
     from ..models.modeling_rfm import RewardFeatureModel
     from ..models.user_table import normalize_user_id
@@ -79,8 +80,8 @@ def run_adapt(args: AdaptArguments):
         path = os.path.join(args.output_dir, USER_WEIGHTS_NAME)
         save_user_weights(path, user_ids, weights, feature_fingerprint(model.feature_head.weight))
     else:
-        model.save_pretrained(args.output_dir)
-        tokenizer.save_pretrained(args.output_dir)
+        # Model, users and tokenizer in one atomic commit: an interrupted run leaves the previous folder intact.
+        save_reward_feature_model(model, args.output_dir, processing_class=tokenizer)
         path = args.output_dir
     counts = {u: 0 for u in user_ids}
     for u in comparisons[args.user_column]:

@@ -28,6 +28,17 @@ from .user_weights_file import USER_WEIGHTS_NAME, load_user_weights
 
 logger = logging.get_logger(__name__)
 
+# config.json attribute: the number of users in the user file saved beside it (0 or absent: a population model).
+SAVED_USERS_ATTRIBUTE = "num_saved_users"
+
+
+def saved_users(config) -> int:
+    """The number of users saved beside a loaded config (0 for population models and older saves)."""
+    try:
+        return max(int(getattr(config, SAVED_USERS_ATTRIBUTE, 0) or 0), 0)
+    except (TypeError, ValueError):
+        return 0
+
 
 def _split_user_table(model, state_dict: dict | None, base_model) -> tuple[dict, torch.Tensor | None]:
     """
@@ -46,6 +57,9 @@ def _split_user_table(model, state_dict: dict | None, base_model) -> tuple[dict,
             else "user_weights.weight"
         )
         table = state_dict.get(key)
+        population = state_dict.get(key[: -len("weight")] + "population")
+        if base_model.config.population_weights == "hierarchical" and table is not None and population is not None:
+            table = table + population  # the table stores offsets from the population weights
     table = None if table is None else table.detach()
     if not is_peft_model(model):  # PEFT needs every key of its modules: the adapter file is filtered after writing
         for key in [key for key in state_dict if USER_TABLE_KEY.search(key)]:
@@ -65,6 +79,7 @@ def save_reward_feature_model(
     state_dict: dict | None = None,
     is_main_process: bool = True,
     model_card=None,
+    processing_class=None,
     **save_kwargs,
 ) -> None:
     """
@@ -78,6 +93,7 @@ def save_reward_feature_model(
         state_dict: the state dict to write (the Trainer passes a gathered one under DeepSpeed/FSDP).
         is_main_process: only the main process writes; the others only take part in transformers' collective gathers.
         model_card: a `huggingface_hub.ModelCard` to write as README.md; `None` generates one; `False` writes none.
+        processing_class: a tokenizer to save in the same atomic commit (e.g. `trl-rfm adapt --output_dir`).
         save_kwargs: passed to `save_pretrained` of transformers (full) or PEFT (LoRA), e.g. `max_shard_size`.
     """
     peft = is_peft_model(model)
@@ -103,12 +119,13 @@ def save_reward_feature_model(
     user_ids = base.user_ids
     if table is not None and table.shape[0] != len(user_ids):
         raise ValueError(f"The user table has {table.shape[0]} rows for {len(user_ids)} user ids.")
+    num_saved_users = len(user_ids) if save_user_weights else 0
     with staged_directory(save_directory) as staging:
         if peft:
-            _write_adapter(model, base, staging, state_dict)
+            _write_adapter(model, base, staging, state_dict, num_saved_users)
         else:
-            _write_full_model(model, staging, state_dict, save_kwargs)
-        if save_user_weights and user_ids:
+            _write_full_model(model, staging, state_dict, save_kwargs, num_saved_users)
+        if num_saved_users:
             head = locate_feature_head(staging, variant=save_kwargs.get("variant"))
             path = os.path.join(staging, USER_WEIGHTS_NAME)
             user_weights_file.save_user_weights(path, user_ids, table, head.fingerprint)
@@ -116,18 +133,26 @@ def save_reward_feature_model(
             if model_card is None:
                 model_card = build_model_card(base, is_adapter=peft, num_training_users=len(user_ids))
             model_card.save(os.path.join(staging, "README.md"))
+        if processing_class is not None:
+            processing_class.save_pretrained(staging)
 
 
-def _write_full_model(model, staging: str, state_dict: dict, save_kwargs: dict) -> None:
-    num_users = model.config.num_users
+def _write_full_model(model, staging: str, state_dict: dict, save_kwargs: dict, num_saved_users: int) -> None:
+    num_users, saved = model.config.num_users, getattr(model.config, SAVED_USERS_ATTRIBUTE, None)
     model.config.num_users = 0  # config.json describes what model.safetensors holds: no user rows
+    # ... and how many users the user file beside it holds, so that a missing user file is noticed on load.
+    setattr(model.config, SAVED_USERS_ATTRIBUTE, num_saved_users)
     try:
         PreTrainedModel.save_pretrained(model, staging, state_dict=state_dict, **save_kwargs)
     finally:
         model.config.num_users = num_users
+        if saved is None:
+            delattr(model.config, SAVED_USERS_ATTRIBUTE)
+        else:
+            setattr(model.config, SAVED_USERS_ATTRIBUTE, saved)
 
 
-def _write_adapter(peft_model, base, staging: str, state_dict: dict) -> None:
+def _write_adapter(peft_model, base, staging: str, state_dict: dict, num_saved_users: int) -> None:
     adapter = peft_model.active_adapter
     peft_config = peft_model.peft_config[adapter]
     missing = sorted(set(RFM_MODULES_TO_SAVE) - set(peft_config.modules_to_save or []))
@@ -150,6 +175,7 @@ def _write_adapter(peft_model, base, staging: str, state_dict: dict) -> None:
     save_file(tensors, adapter_file, metadata=metadata)
     config = copy.deepcopy(base.config)
     config.num_users = 0
+    setattr(config, SAVED_USERS_ATTRIBUTE, num_saved_users)
     config.architectures = [type(base).__name__]
     config.save_pretrained(staging)
 
@@ -160,6 +186,7 @@ def read_user_weights_for(
     num_features: int,
     user_weights: "bool | str | os.PathLike | None",
     hub_kwargs: dict | None = None,
+    num_saved_users: int = 0,
 ):
     """
     The validated users of a saved model, as chosen by `user_weights` (see `RewardFeatureModel.from_pretrained`):
@@ -178,6 +205,15 @@ def read_user_weights_for(
                 f"{path_or_repo} has no {USER_WEIGHTS_NAME} (required by `user_weights=True`). User weights are not "
                 "pushed to the Hub unless `push_user_weights=True`; pass the path of a local copy as `user_weights=`."
             )
+        if num_saved_users and os.path.isdir(os.fspath(path_or_repo)):
+            # A local model saved with users has lost its user file: scoring them all with the population weights
+            # would be silently wrong. (A Hub repo without the file is the normal public case.)
+            raise FileNotFoundError(
+                f"{os.path.join(os.fspath(path_or_repo), USER_WEIGHTS_NAME)} is missing, but its config.json records "
+                f"{num_saved_users} user(s) saved with the model (the file was deleted or not copied). Restore it, pass "
+                "`user_weights=<path>` for a copy kept elsewhere, or `user_weights=False` to load the population model "
+                "explicitly."
+            )
         return None
     return load_user_weights(file, num_features, expected_fingerprint=head.fingerprint, weights_file=head.file)
 
@@ -187,7 +223,9 @@ def attach_user_weights(model, path_or_repo, head: FeatureHead, user_weights, hu
     After transformers has loaded the trunk, head and population weights: puts the saved users (ids and rows) into the
     model, or leaves it a population model (`user_weights=False`, or no user file).
     """
-    loaded = read_user_weights_for(path_or_repo, head, model.config.num_features, user_weights, hub_kwargs)
+    loaded = read_user_weights_for(
+        path_or_repo, head, model.config.num_features, user_weights, hub_kwargs, saved_users(model.config)
+    )
     if model.num_users and (loaded is not None or user_weights is False or not head.has_user_table):
         # Rows that the weights file does not hold were only initialised: drop them.
         model.remove_users(model.user_ids)
@@ -207,6 +245,9 @@ def load_adapter_weights(peft_model, head: FeatureHead, user_table: torch.Tensor
         state_dict = {key: handle.get_tensor(key) for key in handle.keys()}
     table_key = "base_model.model.user_weights.weight"
     if table_key not in state_dict:
+        population = [value for key, value in state_dict.items() if key.endswith("user_weights.population")]
+        if peft_model.get_base_model().config.population_weights == "hierarchical" and population:
+            user_table = user_table - population[0].to(user_table)  # stored as offsets from the population
         state_dict[table_key] = user_table
     result = set_peft_model_state_dict(peft_model, state_dict, adapter_name=peft_model.active_adapter)
     missing = [key for key in result.missing_keys if peft_model.active_adapter in key and "lora_" in key]
@@ -237,7 +278,9 @@ def load_peft_reward_feature_model(
             f"{path_or_repo} is a LoRA adapter whose trunk is unknown (no `base_model_name_or_path` in "
             f"{ADAPTER_CONFIG_NAME}); pass it as `backbone=` (a model id, path or instance)."
         )
-    loaded = read_user_weights_for(path_or_repo, head, config.num_features, user_weights, hub_kwargs)
+    loaded = read_user_weights_for(
+        path_or_repo, head, config.num_features, user_weights, hub_kwargs, saved_users(config)
+    )
     if loaded is None and head.has_user_table:  # an adapter saved by PEFT itself, table inside, ids unknown
         raise ValueError(
             f"{head.file} holds a user table but {path_or_repo} has no {USER_WEIGHTS_NAME} with the users' ids; save "

@@ -54,17 +54,30 @@ def feature_fingerprint(feature_head_weight: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+def table_checksum(weights: torch.Tensor, user_ids_json: str) -> str:
+    """SHA-256 of the user table as stored (dtype, shape, bytes) and of its ids (the metadata's JSON), written into the
+    file's metadata and verified on every load, so that a flipped byte is an error rather than another weight."""
+    tensor = weights.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(b"|")
+    digest.update(user_ids_json.encode("utf-8"))
+    return digest.hexdigest()
+
+
 def save_user_weights(path: str, user_ids: list[str], weights: torch.Tensor, fingerprint: str) -> None:
     """Writes a user-weights file atomically (a temporary file in the same folder, then `os.replace`)."""
     weights = weights.detach().cpu().contiguous()
     if weights.ndim != 2 or weights.shape[0] != len(user_ids):
         raise ValueError(f"{len(user_ids)} user ids for a user table of shape {tuple(weights.shape)}.")
+    user_ids_json = json.dumps(list(user_ids))
     metadata = {
         "format": "pt",
         "format_version": FORMAT_VERSION,
-        "user_ids": json.dumps(list(user_ids)),
+        "user_ids": user_ids_json,
         "num_features": str(weights.shape[1]),
         "feature_fingerprint": fingerprint,
+        "sha256": table_checksum(weights, user_ids_json),
     }
     directory = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
@@ -132,6 +145,13 @@ def load_user_weights(
         )
     if not torch.isfinite(weights).all():
         raise UserWeightsFileError(f"{path}: the user table contains NaN or infinite values.")
+    checksum = metadata.get("sha256")  # absent in files written before checksums
+    if checksum is not None and checksum != table_checksum(weights, metadata["user_ids"]):
+        raise UserWeightsFileError(
+            f"{path} is corrupt: its user table or user ids do not match the SHA-256 checksum stored in the file "
+            f"({checksum[:12]}…), e.g. a flipped byte or a damaged copy. Restore the file from a good copy, or adapt "
+            "the users again (`trl_rfm.fit_user_weights`)."
+        )
     fingerprint = metadata["feature_fingerprint"]
     if expected_fingerprint is not None and fingerprint != expected_fingerprint:
         raise UserWeightsFileError(

@@ -6,16 +6,77 @@ Checkpoints of [`RFMRewardTrainer`]: [`RFMCheckpointingMixin`] makes transformer
 
 import contextlib
 import os
+import re
+import warnings
 from collections.abc import Iterator
 
 import torch
 from accelerate.utils import is_peft_model
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..io.feature_head import ADAPTER_SAFE_WEIGHTS_NAME, locate_feature_head
 from ..io.save_load import load_adapter_weights, save_reward_feature_model
 from ..io.user_weights_file import USER_WEIGHTS_NAME, UserWeightsFileError, load_user_weights
 from ..models.modeling_rfm import RewardFeatureModel
 from ..models.user_table import UserWeights
+
+
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def is_complete_checkpoint(checkpoint: str) -> bool:
+    """A Trainer checkpoint is complete once `trainer_state.json`, the last file the Trainer writes into it (after
+    the model, optimizer, scheduler and RNG states), is there."""
+    return os.path.isfile(os.path.join(checkpoint, TRAINER_STATE_NAME))
+
+
+def checkpoints_of(output_dir: str) -> list[str]:
+    """The `checkpoint-<step>` folders of `output_dir`, by step."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [(int(m.group(1)), name) for name in os.listdir(output_dir) if (m := _CHECKPOINT.match(name))]
+    return [
+        os.path.join(output_dir, name) for _, name in sorted(found) if os.path.isdir(os.path.join(output_dir, name))
+    ]
+
+
+def latest_complete_checkpoint(output_dir: str) -> str | None:
+    """The last complete checkpoint of `output_dir`, warning about later ones whose save was interrupted; `None` when
+    there is no checkpoint at all. Raises when every checkpoint is incomplete."""
+    checkpoints = checkpoints_of(output_dir)
+    complete = [c for c in checkpoints if is_complete_checkpoint(c)]
+    incomplete = [os.path.basename(c) for c in checkpoints if not is_complete_checkpoint(c)]
+    if checkpoints and not complete:
+        raise FileNotFoundError(
+            f"No complete checkpoint in {output_dir}: {incomplete} lack {TRAINER_STATE_NAME}, the last file of a "
+            "checkpoint, so their saves were interrupted. Delete them and train from the start."
+        )
+    if not complete:
+        return None
+    skipped = [
+        name
+        for name in incomplete
+        if checkpoints.index(os.path.join(output_dir, name)) > checkpoints.index(complete[-1])
+    ]
+    if skipped:
+        warnings.warn(
+            f"Resuming from {os.path.basename(complete[-1])}, the last complete checkpoint of {output_dir}: {skipped} "
+            f"lack {TRAINER_STATE_NAME} (their saves were interrupted) and are skipped; delete them.",
+            stacklevel=3,
+        )
+    return complete[-1]
+
+
+def check_checkpoint_is_complete(checkpoint: str) -> None:
+    if not is_complete_checkpoint(checkpoint):
+        parent = os.path.dirname(os.path.abspath(checkpoint))
+        complete = [os.path.basename(c) for c in checkpoints_of(parent) if is_complete_checkpoint(c)]
+        hint = f" Resume from {complete[-1]}, the last complete one," if complete else " Train from the start"
+        raise FileNotFoundError(
+            f"Checkpoint {checkpoint} is incomplete: it has no {TRAINER_STATE_NAME}, the last file the Trainer writes, "
+            f"so its save was interrupted.{hint} and delete it."
+        )
 
 
 def restore_checkpoint(model, checkpoint: str, load_model_weights: bool) -> None:
@@ -53,7 +114,7 @@ def restore_checkpoint(model, checkpoint: str, load_model_weights: bool) -> None
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, UserWeights):  # PEFT keeps the trained copy and the original: both get the rows
-                module.weight.copy_(table.to(module.weight))
+                module.weight.copy_(module.to_stored(table.to(module.weight)))
 
 
 @contextlib.contextmanager
@@ -92,6 +153,21 @@ class RFMCheckpointingMixin:
             return super()._save(output_dir, state_dict)
         with saving_in_rfm_layout(model, self._build_model_card):
             return super()._save(output_dir, state_dict)
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """`Trainer.train`; `resume_from_checkpoint=True` resumes from the last *complete* checkpoint (one whose save
+        was interrupted, without `trainer_state.json`, is skipped with a warning), and a given checkpoint that is
+        incomplete is refused with a message naming the last complete one."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir) or True
+        elif isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            check_checkpoint_is_complete(os.fspath(resume_from_checkpoint))
+        return super().train(
+            resume_from_checkpoint=resume_from_checkpoint,
+            trial=trial,
+            ignore_keys_for_eval=ignore_keys_for_eval,
+            **kwargs,
+        )
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         model = self.model if model is None else model
