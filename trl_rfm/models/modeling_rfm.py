@@ -133,6 +133,7 @@ class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
             population_weights=population_weights,
             pooling=resolve_pooling(pooling, trunk.config),
         )
+        config._name_or_path = trunk.config._name_or_path  # where TRL looks for the tokenizer of a model instance
         model = cls(config, backbone=trunk)
         model.to(trunk.dtype)
         if user_ids is not None:

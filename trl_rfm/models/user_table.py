@@ -1,5 +1,6 @@
 """The table of per-user reward weights `w_u` and the population weights `w_pop`, and the users' id vocabulary."""
 
+import contextlib
 import math
 import warnings
 from collections.abc import Hashable, Iterable, Sequence
@@ -40,7 +41,8 @@ class UserWeights(nn.Module):
     def __init__(self, num_users: int, num_features: int, population_weights: str = "learned"):
         super().__init__()
         self.population_mode = population_weights
-        self.weight = nn.Parameter(torch.empty(num_users, num_features))
+        self._weight_requires_grad = True
+        self._set_table(torch.empty(num_users, num_features))
         self.population = nn.Parameter(torch.zeros(num_features))
         self.reset_parameters()
 
@@ -64,13 +66,33 @@ class UserWeights(nn.Module):
         uses_population_parameter = self.population_mode == "learned" or self.num_users == 0
         self.population.requires_grad_(uses_population_parameter)
 
+    def _set_table(self, table: torch.Tensor, requires_grad: bool | None = None) -> None:
+        # Without users the table is an empty buffer, not a parameter: a parameter of 0 elements would count as
+        # trainable yet never change (a plain reward model trained without a rater column must not carry one).
+        if requires_grad is not None:
+            self._weight_requires_grad = requires_grad
+        if table.shape[0] == 0:
+            self._parameters.pop("weight", None)
+            self.register_buffer("weight", table)
+        else:
+            self.weight = nn.Parameter(table, requires_grad=self._weight_requires_grad)
+
     def population_weights(self) -> torch.Tensor:
         if self.population_mode == "mean" and self.num_users > 0:
             return self.weight.mean(dim=0)
         return self.population
 
     def forward(self) -> torch.Tensor:
-        return torch.cat([self.weight, self.population_weights()[None]], dim=0)  # [U + 1, d]
+        # Assembling the table computes nothing: autocast's type promotion of `cat` (which rejects an fp16 table under
+        # a bf16 autocast) must not apply to it.
+        device_type = self.population.device.type
+        autocast_off = (
+            torch.autocast(device_type, enabled=False)
+            if device_type in ("cpu", "cuda", "xpu", "mps", "hpu") and torch.is_autocast_enabled(device_type)
+            else contextlib.nullcontext()
+        )
+        with autocast_off:
+            return torch.cat([self.weight, self.population_weights()[None]], dim=0)  # [U + 1, d]
 
     @torch.no_grad()
     def resize(self, num_users: int, keep: torch.Tensor | None = None, new_rows: torch.Tensor | None = None) -> None:
@@ -85,7 +107,8 @@ class UserWeights(nn.Module):
         table = torch.cat([kept, new_rows.to(old)], dim=0)
         if table.shape[0] != num_users:
             raise ValueError(f"Resizing the user table to {num_users} rows produced {table.shape[0]} rows.")
-        self.weight = nn.Parameter(table.contiguous(), requires_grad=self.weight.requires_grad)
+        requires_grad = self.weight.requires_grad if isinstance(self.weight, nn.Parameter) else None
+        self._set_table(table.contiguous(), requires_grad=requires_grad)
         self._sync_population_trainability()
 
     def extra_repr(self) -> str:

@@ -4,8 +4,10 @@
 What it changes in TRL's trainer, and why (public methods first, then every private override):
 - `__init__`: seeds (`args.seed`, as TRL does) before building the model, so the feature head's initialisation follows
   the seed; builds the user vocabulary from the training data (sorted, so every rank builds the same one); builds or
-  wraps the model as a [`RewardFeatureModel`] with one row per rater; asks PEFT to train and save the feature head and
-  the user table (`modules_to_save`); wraps the data collator so that `user_index` survives collation (TRL's collator
+  wraps the model as a [`RewardFeatureModel`] with one row per rater (an existing sequence-classification reward
+  model, or a `PeftModel` around one, is personalised: `models/from_reward_model.py`); asks PEFT to train and save the
+  feature head and the user table (`modules_to_save`), with peft's default targets of the trunk's architecture
+  (`trainer/peft_defaults.py`: peft looks them up by `model_type`, and the RFM's is unknown to it); wraps the data collator so that `user_index` survives collation (TRL's collator
   drops unknown keys).
 - `compute_loss`: TRL's Bradley-Terry loss on the users' rewards (margin and `center_rewards_coefficient` included),
   plus the loss of the population weights, the Gaussian prior on the user weights and the optional feature-covariance
@@ -37,7 +39,14 @@ import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.trainer_utils import enable_full_determinism, set_seed
 from trl import RewardConfig, RewardTrainer
 from trl.data_utils import get_dataset_column_names
@@ -47,10 +56,12 @@ from ..adaptation.features import tokenize_preferences
 from ..io.feature_head import RFM_MODULES_TO_SAVE
 from ..models.configuration_rfm import RewardFeatureConfig
 from ..models.feature_geometry import feature_covariance_penalty
+from ..models.from_reward_model import check_num_labels, from_reward_model, is_sequence_classifier, merge_peft_model
 from ..models.modeling_rfm import RewardFeatureModel
 from ..models.user_table import POPULATION_INDEX, normalize_user_id
 from .checkpointing import RFMCheckpointingMixin
 from .hub import RFMHubMixin
+from .peft_defaults import fill_default_targets
 from .rfm_config import RFMConfig
 
 
@@ -85,6 +96,15 @@ def collect_user_ids(dataset: Dataset | IterableDataset, user_column: str) -> li
     if not user_ids:
         raise ValueError(f"The user column {user_column!r} is empty.")
     return sorted(user_ids)
+
+
+def is_foreign_peft_model(model) -> bool:
+    """A `PeftModel` around something other than a Reward Feature Model (e.g. an existing reward model)."""
+    return (
+        not isinstance(model, str)
+        and is_peft_model(model)
+        and not isinstance(model.get_base_model(), RewardFeatureModel)
+    )
 
 
 class UserIndexCollator:
@@ -161,8 +181,21 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
         user_ids = collect_user_ids(train_dataset, self.user_column) if self.user_column else []
 
         if processing_class is None and isinstance(model, str):
-            # TRL would look the tokenizer up from the model's config, which for a freshly built RFM names no path.
-            processing_class = AutoTokenizer.from_pretrained(model, trust_remote_code=args.trust_remote_code)
+            revision = (args.model_init_kwargs or {}).get("revision")
+            processing_class = AutoTokenizer.from_pretrained(
+                model, revision=revision, trust_remote_code=args.trust_remote_code
+            )
+        if is_foreign_peft_model(model):
+            # An existing reward model with an adapter: merged, then the RFM built on it gets fresh adapters of the
+            # same configuration (the same function at step 0).
+            if peft_config is not None:
+                raise ValueError(
+                    "You passed a `PeftModel` instance together with a `peft_config` to the trainer. Please first merge "
+                    "and unload the existing adapter, save the resulting base model, and then pass that base model along "
+                    "with the new `peft_config` to the trainer."
+                )
+            check_num_labels(model.get_base_model())
+            model, peft_config = merge_peft_model(model)
         # Seeded before the model is built, as TRL and transformers do, so that `args.seed` sets the feature head.
         enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
         model = self._load_or_build_model(model, args, user_ids, quantization_config)
@@ -171,6 +204,7 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
 
         if peft_config is not None:
             peft_config.modules_to_save = sorted(set(peft_config.modules_to_save or []) | set(RFM_MODULES_TO_SAVE))
+            fill_default_targets(peft_config, base_model.config.text_config.model_type)
 
         super().__init__(
             model=model,
@@ -207,6 +241,10 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
             config = AutoConfig.from_pretrained(model, trust_remote_code=args.trust_remote_code)
             if config.model_type == RewardFeatureConfig.model_type:
                 model = create_model_from_path(model, RewardFeatureModel, **init_kwargs)
+            elif is_sequence_classifier(config):  # an existing reward model, personalised below
+                model = create_model_from_path(
+                    model, AutoModelForSequenceClassification, **{**init_kwargs, "num_labels": 1}
+                )
             else:
                 model = create_model_from_path(model, AutoModel, **init_kwargs)
         if is_peft_model(model):
@@ -224,7 +262,11 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
                     "before wrapping it, or pass the unwrapped model with `peft_config`."
                 )
             return model
-        if not isinstance(model, RewardFeatureModel):
+        if is_sequence_classifier(model):
+            model = from_reward_model(
+                model, num_features=args.num_features, population_weights=args.population_weights
+            )
+        elif not isinstance(model, RewardFeatureModel):
             model = RewardFeatureModel.from_backbone(
                 model,
                 num_features=args.num_features,
