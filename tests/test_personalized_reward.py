@@ -179,7 +179,14 @@ def _reload_and_score(path, sequences, trust_remote_code=False):
 
 @pytest.mark.parametrize(
     "normalization,score_head,peft",
-    [("none", "linear", False), ("none", "linear", True), ("rms", "normalized", False)],
+    [
+        ("none", "linear", False),
+        ("none", "linear", True),
+        ("rms", "normalized", False),
+        ("layernorm", "normalized", False),
+        ("none", "auto", False),
+        ("layernorm", "auto", True),
+    ],
 )
 def test_exported_user_scores_equal_r_u(tmp_path, marker_tokenizer, normalization, score_head, peft):
     model = _rfm(marker_tokenizer, feature_normalization=normalization)
@@ -190,8 +197,9 @@ def test_exported_user_scores_equal_r_u(tmp_path, marker_tokenizer, normalizatio
     export_user_reward_model(model, "carol", tmp_path, marker_tokenizer, score_head=score_head)
     if peft:
         assert any("lora_" in name for name, _ in model.named_parameters())  # the caller's model keeps its adapters
-    reloaded = _reload_and_score(tmp_path, reward.tokenize(PROMPTS, COMPLETIONS), score_head == "normalized")
-    assert reloaded["class"] == ("LlamaForSequenceClassification" if score_head == "linear" else "UserRewardModel")
+    reloaded = _reload_and_score(tmp_path, reward.tokenize(PROMPTS, COMPLETIONS), not (score_head == "linear" or (score_head == "auto" and normalization == "none")))
+    linear = score_head == "linear" or (score_head == "auto" and normalization == "none")
+    assert reloaded["class"] == ("LlamaForSequenceClassification" if linear else "UserRewardModel")
     assert reloaded["num_labels"] == 1
     assert (torch.tensor(reloaded["scores"]) - expected).abs().max() <= 1e-4
     assert "alice" not in open(os.path.join(tmp_path, "config.json")).read()  # no user ids in the export
@@ -199,7 +207,7 @@ def test_exported_user_scores_equal_r_u(tmp_path, marker_tokenizer, normalizatio
 
 def test_linear_export_of_rms_model_is_refused(tmp_path, rfm, marker_tokenizer):
     with pytest.raises(ValueError, match="score_head='normalized'"):
-        export_user_reward_model(rfm, "alice", tmp_path, marker_tokenizer)
+        export_user_reward_model(rfm, "alice", tmp_path, marker_tokenizer, score_head="linear")
     with pytest.raises(KeyError, match="mallory"):
         export_user_reward_model(rfm, "mallory", tmp_path, marker_tokenizer, score_head="normalized")
 

@@ -15,8 +15,12 @@ class ExportArguments:
     output_dir: str = field(metadata={"help": "Where to write the user's reward model."})
     user_id: str | None = field(default=None, metadata={"help": "The user to export; default: the population."})
     score_head: str = field(
-        default="linear",
-        metadata={"help": "`linear` (stock class, needs feature_normalization='none') or `normalized` (remote code)."},
+        default="auto",
+        metadata={
+            "help": "`auto`: `linear` when the model's features are not normalised, else `normalized`; `linear` (stock "
+            "class, needs feature_normalization='none') or `normalized` (stock trunk + score head as remote code).",
+            "choices": ["auto", "linear", "normalized"],
+        },
     )
 
 

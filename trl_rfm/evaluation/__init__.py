@@ -6,5 +6,6 @@ from .protocol import (
     accuracy_vs_k_with_evidence_prior,
     draw_adaptation_sets,
     pairwise_accuracy,
+    per_rater_accuracy,
     summarize_draws,
 )

@@ -40,6 +40,14 @@ def draw_adaptation_sets(
     return draws
 
 
+def per_rater_accuracy(margins: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each user's fraction of pairs with a positive margin (ties count 1/2): `[users, pairs] -> [users]` (NaN for a
+    user without pairs). Paired comparisons of two methods subtract these per user."""
+    correct = ((margins > 0).float() + 0.5 * (margins == 0).float()) * mask
+    counts = mask.sum(-1)
+    return torch.where(counts > 0, correct.sum(-1) / counts.clamp_min(1), torch.nan)
+
+
 def pairwise_accuracy(margins: torch.Tensor, mask: torch.Tensor, average: str = "per_rater") -> float:
     """
     Fraction of pairs with a positive margin (ties count 1/2), from `[users, pairs]` margins and mask: the mean over
@@ -47,11 +55,10 @@ def pairwise_accuracy(margins: torch.Tensor, mask: torch.Tensor, average: str = 
     """
     if average not in AVERAGES:
         raise ValueError(f"`average` must be one of {AVERAGES}, got {average!r}.")
-    correct = ((margins > 0).float() + 0.5 * (margins == 0).float()) * mask
     if average == "pooled":
+        correct = ((margins > 0).float() + 0.5 * (margins == 0).float()) * mask
         return (correct.sum() / mask.sum()).item()
-    per_user = correct.sum(-1) / mask.sum(-1).clamp_min(1)
-    return per_user[mask.sum(-1) > 0].mean().item()
+    return per_rater_accuracy(margins, mask).nanmean().item()
 
 
 @torch.no_grad()

@@ -32,6 +32,35 @@ logger = logging.get_logger(__name__)
 SAVED_USERS_ATTRIBUTE = "num_saved_users"
 
 
+def check_is_reward_feature_model(path_or_repo, hub_kwargs: dict | None = None) -> None:
+    """Refuses, naming what it is, a directory or repo whose config.json is not a Reward Feature Model's (a plain
+    causal LM or reward model), before transformers would fail on the foreign config."""
+    from transformers import PreTrainedConfig
+
+    from ..models.configuration_rfm import RewardFeatureConfig
+
+    try:
+        config_dict, _ = PreTrainedConfig.get_config_dict(str(path_or_repo), **(hub_kwargs or {}))
+    except (OSError, ValueError):
+        return  # no readable config.json: transformers' own error names the problem
+    model_type = config_dict.get("model_type")
+    if model_type in (None, RewardFeatureConfig.model_type):
+        return
+    architectures = config_dict.get("architectures") or []
+    kind = (
+        "a causal LM"
+        if any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures)
+        else "a reward model"
+        if any(name.endswith("ForSequenceClassification") for name in architectures)
+        else f"a {model_type!r} model"
+    )
+    raise ValueError(
+        f"{path_or_repo} is {kind} ({', '.join(architectures) or model_type}), not an RFM (Reward Feature Model): train "
+        "one with RFMRewardTrainer (`RFMRewardTrainer(model=...)` takes this causal LM), or wrap it with "
+        "`RewardFeatureModel.from_backbone`."
+    )
+
+
 def saved_users(config) -> int:
     """The number of users saved beside a loaded config (0 for population models and older saves)."""
     try:

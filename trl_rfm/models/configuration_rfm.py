@@ -8,8 +8,8 @@ from transformers.configuration_utils import SubConfigSpec
 from .pooling import POOLINGS
 
 
-FEATURE_NORMALIZATIONS = ("rms", "none")
-POPULATION_WEIGHTS = ("learned", "mean")
+FEATURE_NORMALIZATIONS = ("layernorm", "rms", "none")
+POPULATION_WEIGHTS = ("hierarchical", "learned", "mean")
 
 
 class RewardFeatureConfig(PreTrainedConfig):

@@ -217,6 +217,7 @@ class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
             user_index = self.get_user_index(user_ids)
         if user_index is None:
             user_index = torch.full((phi.shape[0],), POPULATION_INDEX, dtype=torch.long, device=phi.device)
+        user_index = check_user_index(user_index, table.shape[0] - 1)
         weights = table[user_index.to(table.device)]  # [B, d]
         logits = (phi * weights).sum(dim=-1, keepdim=True)  # [B, 1]
         population_logits = phi @ table[POPULATION_INDEX, :, None]  # [B, 1]
@@ -329,6 +330,7 @@ class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
         hub_kwargs = hub_kwargs_of(kwargs)
         config = kwargs.get("config")
         if not isinstance(config, PreTrainedConfig):
+            save_load.check_is_reward_feature_model(pretrained_model_name_or_path, hub_kwargs)
             config = cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         head = locate_feature_head(pretrained_model_name_or_path, hub_kwargs, kwargs.get("variant"))
         check_feature_dimension(head, config.num_features, "its config.json")
@@ -349,6 +351,22 @@ class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # `output_loading_info=True`
         save_load.attach_user_weights(model, pretrained_model_name_or_path, head, user_weights, hub_kwargs)
         return loaded
+
+
+def check_user_index(user_index: torch.Tensor, num_users: int) -> torch.Tensor:
+    """`user_index` (rows of the user table, `-1` for the population) as a long tensor; any other negative index, or
+    one past the users, would silently read another user's row: an `IndexError` naming the bad values."""
+    user_index = torch.as_tensor(user_index)
+    if user_index.is_floating_point() or user_index.is_complex():
+        raise TypeError(f"`user_index` must hold integers, got dtype {user_index.dtype}.")
+    user_index = user_index.long()
+    bad = (user_index < POPULATION_INDEX) | (user_index >= num_users)
+    if bad.any():
+        raise IndexError(
+            f"`user_index` {sorted(set(user_index[bad].tolist()))[:5]} out of range: valid rows are 0..{num_users - 1} "
+            f"for the model's {num_users} users and {POPULATION_INDEX} for the population weights."
+        )
+    return user_index
 
 
 def _config_kwargs(model_init_kwargs: dict) -> dict:

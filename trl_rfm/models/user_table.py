@@ -13,11 +13,28 @@ POPULATION_INDEX = -1  # row of the user table (as returned by `UserWeights.forw
 
 
 def normalize_user_id(user_id: Hashable) -> str:
-    """Users are keyed by the string form of their id, so ids survive JSON and safetensors metadata unchanged."""
+    """Users are keyed by the string form of their id, so ids survive JSON and safetensors metadata unchanged.
+    Integral floats (`17.0`, as pandas reads an integer CSV column with a gap) are the integer's id (`"17"`); numpy and
+    torch scalars are read as their Python value; None, NaN, infinities, empty strings, bytes and containers raise a
+    `ValueError`."""
     if user_id is None or (isinstance(user_id, float) and user_id != user_id):
         raise ValueError(f"User id must not be None or NaN, got {user_id!r}.")
     if isinstance(user_id, (list, tuple, dict, set)):
         raise ValueError(f"User id must be a scalar (str or int), got {type(user_id).__name__} {user_id!r}.")
+    if getattr(user_id, "ndim", 0):  # a numpy array or tensor with elements, not a scalar
+        raise ValueError(f"User id must be a scalar (str or int), got an array of shape {tuple(user_id.shape)}.")
+    if isinstance(user_id, (bytes, bytearray)):
+        raise ValueError(f"User id must be a str or an int, got bytes {user_id!r}; decode it first.")
+    if isinstance(user_id, float) or type(user_id).__module__ == "numpy" and hasattr(user_id, "is_integer"):
+        # Integer ids read from a CSV column with a gap become floats (17 -> 17.0): the same user as 17.
+        user_id = float(user_id)
+        if not math.isfinite(user_id):
+            raise ValueError(f"User id must be finite, got {user_id!r}.")
+        if user_id.is_integer():
+            user_id = int(user_id)
+    elif hasattr(user_id, "item") and callable(user_id.item) and getattr(user_id, "ndim", 0) == 0:
+        user_id = user_id.item()  # a numpy or torch scalar: its Python value
+        return normalize_user_id(user_id)
     user_id = str(user_id)
     if not user_id.strip():
         raise ValueError("User id must not be an empty string.")
@@ -35,7 +52,9 @@ class UserWeights(nn.Module):
     Args:
         num_users (`int`): rows of the user table.
         num_features (`int`): the feature dimension `d`.
-        population_weights (`str`): `"learned"` (a trained vector) or `"mean"` (the mean of the user rows).
+        population_weights (`str`): `"hierarchical"` (`w_u = w_pop + delta_u`: the table stores the offsets
+            `delta_u` and the population vector is learned through every user's comparisons), `"learned"` (a vector
+            trained by a loss of its own) or `"mean"` (the mean of the user rows).
     """
 
     def __init__(self, num_users: int, num_features: int, population_weights: str = "learned"):
@@ -63,7 +82,7 @@ class UserWeights(nn.Module):
     def _sync_population_trainability(self) -> None:
         # In "mean" mode the population vector only matters while there are no users; leaving it trainable otherwise
         # would hand DDP a parameter that never receives a gradient.
-        uses_population_parameter = self.population_mode == "learned" or self.num_users == 0
+        uses_population_parameter = self.population_mode in ("learned", "hierarchical") or self.num_users == 0
         self.population.requires_grad_(uses_population_parameter)
 
     def _set_table(self, table: torch.Tensor, requires_grad: bool | None = None) -> None:
@@ -92,7 +111,16 @@ class UserWeights(nn.Module):
             else contextlib.nullcontext()
         )
         with autocast_off:
-            return torch.cat([self.weight, self.population_weights()[None]], dim=0)  # [U + 1, d]
+            population = self.population_weights()[None]  # [1, d]
+            rows = self.weight + population if self.population_mode == "hierarchical" else self.weight
+            return torch.cat([rows, population], dim=0)  # [U + 1, d]
+
+    def to_stored(self, rows: torch.Tensor) -> torch.Tensor:
+        """What the table stores for users whose weights are `rows` [n, d]: the offsets from the population weights in
+        `"hierarchical"` mode, the rows themselves otherwise."""
+        if self.population_mode == "hierarchical":
+            return rows - self.population.detach().to(rows)
+        return rows
 
     @torch.no_grad()
     def resize(self, num_users: int, keep: torch.Tensor | None = None, new_rows: torch.Tensor | None = None) -> None:
@@ -104,7 +132,7 @@ class UserWeights(nn.Module):
         kept = old[keep] if keep is not None else old
         if new_rows is None:
             new_rows = self.population_weights().detach().expand(num_users - kept.shape[0], -1)
-        table = torch.cat([kept, new_rows.to(old)], dim=0)
+        table = torch.cat([kept, self.to_stored(new_rows.to(old))], dim=0)
         if table.shape[0] != num_users:
             raise ValueError(f"Resizing the user table to {num_users} rows produced {table.shape[0]} rows.")
         requires_grad = self.weight.requires_grad if isinstance(self.weight, nn.Parameter) else None
@@ -197,7 +225,7 @@ class UserVocabularyMixin:
             new_rows = weights[[position[k] for k in new_keys]] if new_keys else weights[:0]
             for key in keys:
                 if key in self._user_index:
-                    self.user_weights.weight[self._user_index[key]] = weights[position[key]]
+                    self.user_weights.weight[self._user_index[key]] = self.user_weights.to_stored(weights[position[key]])
         if new_keys:
             self.user_weights.resize(self.num_users + len(new_keys), new_rows=new_rows)
             self._set_user_ids(self._user_ids + new_keys)

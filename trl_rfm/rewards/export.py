@@ -35,11 +35,11 @@ from ..models.modeling_rfm import RewardFeatureModel
 from ..models.pooling import is_encoder_config
 
 
-SCORE_HEADS = ("linear", "normalized")
+SCORE_HEADS = ("auto", "linear", "normalized")
 REMOTE_CODE_FILE = "modeling_user_reward.py"
 
 _REMOTE_CODE = '''\
-"""A user's reward exported from a Reward Feature Model (trl-rfm): `r_u = rms_normalise(W_head h) . w_u`.
+"""A user's reward exported from a Reward Feature Model (trl-rfm): `r_u = normalise(W_head h) . w_u`.
 
 Written by `trl_rfm.export_user_reward_model`; needs only torch and transformers.
 """
@@ -50,24 +50,28 @@ from {base_module} import {base_class}
 
 
 class FeatureNormalizedScore(nn.Module):
-    """Linear features, RMS-normalised in float32, then the user's weights: `[..., H] -> [..., 1]`."""
+    """Linear features, RMS- or layer-normalised in float32, then the user's weights: `[..., H] -> [..., 1]`."""
 
-    def __init__(self, hidden_size, num_features, eps=1e-6):
+    def __init__(self, hidden_size, num_features, normalization="rms"):
         super().__init__()
         self.features = nn.Linear(hidden_size, num_features, bias=False)
         self.user = nn.Linear(num_features, 1, bias=False)
-        self.eps = eps
+        self.normalization = normalization
 
     def forward(self, hidden_states):
         phi = self.features(hidden_states.to(self.features.weight.dtype)).float()
-        phi = phi * torch.rsqrt(phi.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        if self.normalization == "layernorm":
+            phi = nn.functional.layer_norm(phi, phi.shape[-1:], eps=1e-5)
+        else:
+            phi = phi * torch.rsqrt(phi.pow(2).mean(dim=-1, keepdim=True) + 1e-6)
         return phi @ self.user.weight.float().T
 
 
 class UserRewardModel({base_class}):
     def __init__(self, config):
         super().__init__(config)
-        self.score = FeatureNormalizedScore(config.hidden_size, config.rfm_num_features)
+        normalization = getattr(config, "rfm_feature_normalization", "rms")
+        self.score = FeatureNormalizedScore(config.hidden_size, config.rfm_num_features, normalization)
         self.post_init()
 '''
 
@@ -77,7 +81,7 @@ def export_user_reward_model(
     user_id: Hashable | None,
     output_dir: str | os.PathLike,
     tokenizer: PreTrainedTokenizerBase | None = None,
-    score_head: str = "linear",
+    score_head: str = "auto",
     strict: bool = True,
 ) -> str:
     r"""
@@ -93,10 +97,11 @@ def export_user_reward_model(
         tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*):
             The reward model's tokenizer: saved beside the model, and its pad token becomes the model's
             `pad_token_id`, which the sequence-classification model uses to find the last token.
-        score_head (`str`, *optional*, defaults to `"linear"`):
-            `"linear"`: the stock architecture with a linear score head, loadable by anything; exact for models with
+        score_head (`str`, *optional*, defaults to `"auto"`):
+            `"auto"`: `"linear"` for models with `feature_normalization="none"`, `"normalized"` otherwise (the only
+            exact export of a normalised model). `"linear"`: the stock architecture with a linear score head, loadable by anything; exact for models with
             `feature_normalization="none"`, refused for RMS-normalised models (see the module docstring for why no
-            exact linear head exists). `"normalized"`: the stock trunk plus a small RMS-normalising score head saved
+            exact linear head exists). `"normalized"`: the stock trunk plus a small normalising score head saved
             as remote code; exact for either normalisation, loaded with `trust_remote_code=True`.
         strict (`bool`, *optional*, defaults to `True`):
             Raise a `KeyError` for an unknown `user_id` (otherwise export the population weights with a warning).
@@ -120,9 +125,11 @@ def export_user_reward_model(
             "pooling='last'; score encoder RFMs with the model itself (`PersonalizedReward`, `rewards_for_users`)."
         )
     normalization = base.config.feature_normalization
+    if score_head == "auto":
+        score_head = "linear" if normalization == "none" else "normalized"
     if score_head == "linear" and normalization != "none":
         raise ValueError(
-            f"This model RMS-normalises its reward features (`feature_normalization={normalization!r}`), which a "
+            f"This model normalises its reward features (`feature_normalization={normalization!r}`), which a "
             "linear score head cannot reproduce exactly. Either export with `score_head='normalized'` (exact; the "
             "checkpoint then loads with `trust_remote_code=True`), or train the reward model with "
             "`RFMConfig(feature_normalization='none')` to get a plain linear-head export loadable anywhere."
@@ -179,6 +186,7 @@ def export_user_reward_model(
         state = {f"{exported.base_model_prefix}.{k}": v for k, v in exported_trunk.state_dict().items()}
         state["score.features.weight"] = head.to(trunk.dtype)
         state["score.user.weight"] = weights[None]
+        config.rfm_feature_normalization = base.config.feature_normalization
         _save_with_remote_head(exported, config, state, base.config.num_features, output_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(output_dir)

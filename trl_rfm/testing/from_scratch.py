@@ -34,10 +34,13 @@ class ModelArguments:
     )
     feature_head_learning_rate: float | None = field(default=None, metadata={"help": "Unset: RFMConfig default."})
     user_weights_l2: float | None = field(default=None, metadata={"help": "RFM prior; unset: RFMConfig default."})
-    feature_normalization: str | None = field(default=None, metadata={"help": "`rms`/`none`; unset: default."})
+    feature_normalization: str | None = field(
+        default=None, metadata={"help": "`layernorm`/`rms`/`none`; unset: default."}
+    )
     feature_covariance_l2: float | None = field(default=None, metadata={"help": "Unset: RFMConfig default."})
     population_loss_weight: float | None = field(default=None, metadata={"help": "Unset: RFMConfig default."})
     user_weights_init_std: float | None = field(default=None, metadata={"help": "Unset: RFMConfig default."})
+    population_weights: str | None = field(default=None, metadata={"help": "Unset: RFMConfig default."})
     num_threads: int = field(
         default=1, metadata={"help": "Torch CPU threads (1 is fastest for this tiny model on a busy machine)."}
     )
@@ -60,6 +63,7 @@ def _overrides(args: ModelArguments) -> dict:
         "feature_covariance_l2",
         "population_loss_weight",
         "user_weights_init_std",
+        "population_weights",
     )
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 

@@ -1,0 +1,221 @@
+"""
+Protocol robustness on Polis: the library's **defaults** (no RFM flag is set here) against stock `trl.RewardTrainer`,
+under several training protocols, on participants never seen in training (issue 12's acceptance benchmark).
+
+Data: the six English Polis conversations (`../shared/data/polis`). Pairs are *derived from votes* (within one
+participant, a statement they agreed with is preferred to one they disagreed with); every split is made on votes before
+pairs are formed, so no test pair shares a vote with a training or adaptation pair. Attribution (CC BY 4.0): Data was
+gathered using the Polis software (compdemocracy.org/polis) and is sub-licensed under CC BY 4.0 with Attribution to
+The Computational Democracy Project.
+
+Per protocol and split: participants 80/20 (training / held out); training participants' votes 80/20 into `train`
+(at most `--max_train_pairs_per_user` pairs each) and `val`; held-out participants' votes 70/30 into an adaptation pool
+and a test part. A from-scratch word-level transformer is trained twice from the same initialisation, as an RFM
+(`RFMRewardTrainer`, library defaults) and as a non-adaptive RM (`trl.RewardTrainer`). Held-out participants are
+adapted the documented way (`prior_from_model`, as `trl_rfm.adapt_users` does) on k of their pool pairs (5 draws).
+Reported per protocol, over all held-out participants of all splits: RM accuracy, the RFM's gain over the RM at each k
+(paired per rater: mean and standard error), the training participants' own rows against the population weights on
+their `val` pairs, and the effective dimension of the features over all statements.
+
+    python benchmarks/polis_protocols.py                                   # all protocols, 3 splits, 200 pairs each
+    python benchmarks/polis_protocols.py --protocols h64_e1_b32_lr1e-3 --seeds 0 --max_train_pairs_per_user 50
+
+A protocol is `h<hidden>_e<epochs>_b<pairs per batch>_lr<learning rate>`.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import re
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers import HfArgumentParser  # noqa: E402
+
+
+DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "polis")
+PROTOCOL = re.compile(r"^h(\d+)_e([\d.]+)_b(\d+)_lr([\d.e-]+)$")
+
+
+@dataclass
+class ProtocolArguments:
+    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Folder of the Polis conversations."})
+    conversations: str | None = field(default=None, metadata={"help": "Comma-separated conversations (default all)."})
+    max_users: int | None = field(default=None, metadata={"help": "Keep this many participants (smoke runs)."})
+    protocols: str = field(
+        default="h64_e1_b32_lr1e-3,h128_e1_b32_lr1e-3,h64_e3_b32_lr1e-3,h64_e1_b64_lr3e-3",
+        metadata={"help": "Comma-separated protocols `h<hidden>_e<epochs>_b<batch pairs>_lr<lr>`."},
+    )
+    seeds: str = field(default="0,1,2", metadata={"help": "Comma-separated participant splits."})
+    max_train_pairs_per_user: int = field(default=200, metadata={"help": "Cap on training pairs per participant."})
+    shots: str = field(default="0,5,10,20,50", metadata={"help": "Comma-separated k."})
+    num_draws: int = field(default=5, metadata={"help": "Random draws of the k adaptation pairs."})
+    num_workers: int = field(default=2, metadata={"help": "Parallel jobs (processes of one thread each); 1: inline."})
+    output_dir: str = field(default="runs/polis_protocols", metadata={"help": "Where results.json is written."})
+
+
+def _run_job(args: ProtocolArguments, protocol: str, seed: int, method: str) -> dict:
+    """One trained model of one protocol and split: per-rater held-out accuracies (and the RFM's diagnostics)."""
+    import datasets
+
+    from trl_rfm import compute_feature_differences, effective_dimension, group_by_user, prior_from_model
+    from trl_rfm.adaptation.features import (
+        compute_response_features,
+        compute_score_head_input_differences,
+        in_length_order,
+        tokenize_preferences,
+    )
+    from trl_rfm.data import load_polis_votes, polis_evaluation_parts
+    from trl_rfm.evaluation import draw_adaptation_sets, per_rater_accuracy
+    from trl_rfm.adaptation.solver import fit_user_weights
+    from trl_rfm.testing import build_tokenizer
+    from trl_rfm.testing.from_scratch import ModelArguments, train_reward_model, train_rfm
+
+    torch.set_num_threads(1)
+    datasets.disable_progress_bars()
+    hidden, epochs, batch, lr = PROTOCOL.match(protocol).groups()
+    model_args = ModelArguments(
+        hidden_size=int(hidden), num_train_epochs=float(epochs), batch_size=int(batch), learning_rate=float(lr),
+        length_grouping=8,
+    )  # fmt: skip
+    start = time.time()
+    votes = load_polis_votes(args.data_dir, args.conversations.split(",") if args.conversations else None)
+    if args.max_users is not None:
+        kept = set(sorted(set(votes["user_id"]))[: args.max_users])
+        votes = votes.filter(lambda row: row["user_id"] in kept)
+    texts = sorted(set(votes["statement"]) | set(votes["topic"]))
+    parts = polis_evaluation_parts(
+        votes, seed, max_train_pairs_per_user=args.max_train_pairs_per_user, max_val_pairs_per_user=64,
+        heldout_adaptation_fraction=0.7, max_adaptation_pairs_per_user=100,
+    )  # fmt: skip
+    tokenizer = build_tokenizer(texts + [" :"])
+    cache = {}
+    names = ("train", "val", "heldout_adaptation", "heldout_test")
+    parts = {name: tokenize_preferences(parts[name], tokenizer, cache=cache) for name in names}
+    users = sorted(set(parts["heldout_test"]["user_id"]))
+    shots = [int(k) for k in args.shots.split(",")]
+    result = {"protocol": protocol, "seed": seed, "method": method, "users": users}
+
+    t = time.time()
+    if method == "rm":
+        model = train_reward_model(parts["train"], tokenizer, model_args, seed)
+        featurize = lambda d: compute_score_head_input_differences(model, tokenizer, d, 256, show_progress=False)  # noqa: E731
+        head = model.score.weight[0].detach().float()
+    else:
+        model, _ = train_rfm(parts["train"], tokenizer, model_args, seed)
+        featurize = lambda d: compute_feature_differences(model, tokenizer, d, 256, show_progress=False)  # noqa: E731
+    result["train_seconds"] = time.time() - t
+    test_x, test_mask, _ = group_by_user(in_length_order(featurize, parts["heldout_test"]), parts["heldout_test"]["user_id"], users)
+    if method == "rm":
+        result["accuracy"] = per_rater_accuracy(torch.einsum("upd,d->up", test_x, head), test_mask).tolist()
+        return result
+
+    population, l2 = prior_from_model(model)
+    pool_x, pool_mask, _ = group_by_user(
+        in_length_order(featurize, parts["heldout_adaptation"]), parts["heldout_adaptation"]["user_id"], users
+    )
+    curves = {}
+    for k, masks in draw_adaptation_sets(pool_mask, shots, args.num_draws, seed).items():
+        per_draw = []
+        for mask in masks:
+            weights = fit_user_weights(pool_x, mask, population, l2)
+            per_draw.append(per_rater_accuracy(torch.einsum("upd,ud->up", test_x, weights), test_mask))
+        curves[k] = torch.stack(per_draw).mean(0).tolist()
+    val_x, val_mask, val_users = group_by_user(in_length_order(featurize, parts["val"]), parts["val"]["user_id"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # training participants without a training pair score with the population
+        own_rows = model.get_user_weights(val_users, strict=False).float().cpu()
+    own = per_rater_accuracy(torch.einsum("upd,ud->up", val_x, own_rows), val_mask)
+    population_accuracy = per_rater_accuracy(torch.einsum("upd,d->up", val_x, population), val_mask)
+    statements = sorted(set(votes["statement"]))
+    phi = compute_response_features(model, tokenizer, [parts["train"][0]["prompt"]] * len(statements), statements)
+    result.update(
+        curves=curves,
+        prior_precision=l2,
+        own_row_gain=(own - population_accuracy).nanmean().item(),
+        effective_dimension=effective_dimension(phi),
+        seconds=time.time() - start,
+    )
+    return result
+
+
+def _mean_se(values: np.ndarray) -> tuple[float, float]:
+    values = values[~np.isnan(values)]
+    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def summarize(jobs: list[dict], shots: list[int]) -> dict:
+    """Per protocol: RM accuracy, paired per-rater gains of the RFM at each k (mean, s.e. over every held-out rater of
+    every split, and the spread of the split means), own-row gain and effective dimension."""
+    summary = {}
+    for protocol in sorted({job["protocol"] for job in jobs}):
+        rm = {j["seed"]: np.array(j["accuracy"]) for j in jobs if j["protocol"] == protocol and j["method"] == "rm"}
+        rfm = {j["seed"]: j for j in jobs if j["protocol"] == protocol and j["method"] == "rfm"}
+        seeds = sorted(set(rm) & set(rfm))
+        if not seeds:
+            continue
+        row = {"splits": len(seeds), "rm_accuracy": _mean_se(np.concatenate([rm[s] for s in seeds]))}
+        for k in shots:
+            gains = [np.array(rfm[s]["curves"][k]) - rm[s] for s in seeds]
+            row[f"gain_k{k}"] = _mean_se(np.concatenate(gains))
+            row[f"gain_k{k}_split_std"] = float(np.std([np.nanmean(g) for g in gains]))
+        row["own_row_gain"] = float(np.mean([rfm[s]["own_row_gain"] for s in seeds]))
+        row["effective_dimension"] = float(np.mean([rfm[s]["effective_dimension"] for s in seeds]))
+        row["train_seconds"] = {m: float(np.mean([j["train_seconds"] for j in jobs if j["protocol"] == protocol and j["method"] == m])) for m in ("rm", "rfm")}  # fmt: skip
+        summary[protocol] = row
+    return summary
+
+
+def print_table(summary: dict, shots: list[int]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Polis, held-out participants: library defaults vs trl.RewardTrainer (points)")
+    for column in ["protocol", "splits", "RM acc", *[f"gain k={k}" for k in shots], "own rows", "eff. dim"]:
+        table.add_column(column, justify="right")
+    for protocol, row in summary.items():
+        gains = [f"{100 * row[f'gain_k{k}'][0]:+.1f} ± {100 * row[f'gain_k{k}'][1]:.1f}" for k in shots]
+        table.add_row(
+            protocol, str(row["splits"]), f"{100 * row['rm_accuracy'][0]:.1f}", *gains,
+            f"{100 * row['own_row_gain']:+.1f}", f"{row['effective_dimension']:.1f}",
+        )  # fmt: skip
+    Console().print(table)
+
+
+def main(args: ProtocolArguments) -> dict:
+    start = time.time()
+    protocols = args.protocols.split(",")
+    for protocol in protocols:
+        if not PROTOCOL.match(protocol):
+            raise ValueError(f"Protocol {protocol!r} is not of the form h<hidden>_e<epochs>_b<batch>_lr<lr>.")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    jobs = [(args, p, s, m) for p in protocols for s in seeds for m in ("rfm", "rm")]
+    if args.num_workers <= 1:
+        results = [_run_job(*job) for job in jobs]
+    else:
+        with multiprocessing.get_context("spawn").Pool(min(args.num_workers, len(jobs))) as pool:
+            results = pool.starmap(_run_job, jobs, chunksize=1)
+    shots = [int(k) for k in args.shots.split(",")]
+    for result in results:  # JSON keys are strings
+        if "curves" in result:
+            result["curves"] = {int(k): v for k, v in result["curves"].items()}
+    summary = summarize(results, shots)
+    print_table(summary, shots)
+    os.makedirs(args.output_dir, exist_ok=True)
+    report = {"arguments": asdict(args), "summary": summary, "jobs": results, "wall_seconds": time.time() - start}
+    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+        json.dump(report, f, indent=1, default=float)
+    return report
+
+
+if __name__ == "__main__":
+    (protocol_args,) = HfArgumentParser(ProtocolArguments).parse_args_into_dataclasses()
+    main(protocol_args)

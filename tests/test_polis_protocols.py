@@ -1,0 +1,52 @@
+"""`benchmarks/polis_protocols.py` (issue 12's protocol-robustness benchmark) end to end on one conversation of the
+shared Polis data (CC BY 4.0, The Computational Democracy Project; skipped when absent), 60 participants: both models
+are trained on the same split, the RFM with the library's defaults, and the summary holds paired per-rater gains."""
+
+import importlib.util
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+spec = importlib.util.spec_from_file_location("polis_protocols", os.path.join(HERE, "..", "benchmarks", "polis_protocols.py"))
+polis_protocols = importlib.util.module_from_spec(spec)
+sys.modules["polis_protocols"] = polis_protocols  # dataclasses look their module up
+spec.loader.exec_module(polis_protocols)
+
+
+DATA_DIR = os.environ.get("TRL_RFM_POLIS_DIR", polis_protocols.DEFAULT_DATA_DIR)
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(DATA_DIR, "15-per-hour-seattle")), reason="no Polis data")
+def test_summary_pairs_each_raters_rfm_accuracy_with_the_rm(tmp_path):
+    args = polis_protocols.ProtocolArguments(
+        data_dir=DATA_DIR,
+        conversations="15-per-hour-seattle",
+        max_users=60,
+        protocols="h16_e1_b8_lr3e-3",
+        seeds="0",
+        max_train_pairs_per_user=8,
+        shots="0,5",
+        num_draws=2,
+        num_workers=1,
+        output_dir=str(tmp_path),
+    )
+    report = polis_protocols.main(args)
+    row = report["summary"]["h16_e1_b8_lr3e-3"]
+    rfm = next(job for job in report["jobs"] if job["method"] == "rfm")
+    rm = next(job for job in report["jobs"] if job["method"] == "rm")
+    assert rfm["users"] == rm["users"] and len(rm["accuracy"]) == len(rm["users"]) > 0
+    gains = np.array(rfm["curves"][5]) - np.array(rm["accuracy"])
+    assert math.isclose(row["gain_k5"][0], float(np.nanmean(gains)), abs_tol=1e-9)
+    assert row["splits"] == 1 and 0 <= row["rm_accuracy"][0] <= 1
+    assert 1 <= row["effective_dimension"] <= 32
+    assert os.path.isfile(tmp_path / "results.json")
+
+
+def test_a_malformed_protocol_is_named():
+    with pytest.raises(ValueError, match="h64_e1"):
+        polis_protocols.main(polis_protocols.ProtocolArguments(protocols="h64_e1"))
