@@ -8,10 +8,6 @@ staging.
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -188,3 +184,40 @@ def test_a_first_save_killed_at_any_step_leaves_nothing_loadable_or_the_whole_mo
             patch.setattr(directory, "_process_alive", lambda pid: pid != os.getpid())
             new.save_pretrained(destination)
         assert _staging_left(tmp_path) == [], f"step {kill_at} ({steps[kill_at]}) left {_staging_left(tmp_path)}"
+
+
+def test_push_to_hub_killed_at_any_step_uploads_nothing_or_the_whole_model(tmp_path, lm_dir, tokenizer, monkeypatch):
+    """`push_to_hub` stages the save in a temporary folder: a kill at any step of it uploads nothing (and the
+    temporary folder goes), otherwise the upload is the complete model."""
+    from trl_rfm.io import hub as hub_module
+
+    batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
+    model = _model(lm_dir, 1)
+    expected = _signature(model, batch)
+    uploads = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            return type("Url", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, folder_path, **kwargs):
+            uploads.append(sorted(os.listdir(folder_path)))
+            loaded = RewardFeatureModel.from_pretrained(folder_path, user_weights=True).eval()
+            torch.testing.assert_close(_signature(loaded, batch), expected, rtol=0, atol=1e-6)
+
+    monkeypatch.setattr(hub_module, "hf_api", lambda: FakeApi())
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(hub_module.tempfile, "tempdir", str(system_tmp))
+    with monkeypatch.context() as patch:
+        counter = StepKiller(patch)
+        model.push_to_hub("me/rfm", push_user_weights=True)
+    steps = list(counter.steps)
+    assert len(uploads) == 1 and USER_WEIGHTS_NAME in uploads[0]
+    for kill_at in range(len(steps)):
+        with monkeypatch.context() as patch:
+            StepKiller(patch, kill_at)
+            with pytest.raises(Killed):
+                model.push_to_hub("me/rfm", push_user_weights=True)
+        assert len(uploads) == 1, f"step {kill_at} ({steps[kill_at]}) uploaded a partial folder"
+        assert os.listdir(system_tmp) == []

@@ -19,8 +19,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl.data_utils import is_conversational
 from trl.trainer.utils import pad
 
+from ..models.limits import truncate_to_limit
 from ..models.modeling_rfm import RewardFeatureModel, last_token_index
 from ..models.user_table import normalize_user_id
+from .solver import as_tensor
 
 
 def tokenize_sequence(
@@ -132,7 +134,9 @@ def _pair_differences(
     try:
         for start in tqdm(range(0, len(tokenized), batch_size), desc=description, disable=not show_progress):
             rows = tokenized[start : start + batch_size]
-            sequences = [torch.tensor(ids) for ids in rows["chosen_ids"] + rows["rejected_ids"]]
+            # Longer than the trunk's positions (when `max_length` is None): the last tokens are kept, as in scoring.
+            ids = truncate_to_limit(rows["chosen_ids"] + rows["rejected_ids"], max_length, model, "sequences")
+            sequences = [torch.tensor(sequence) for sequence in ids]
             input_ids = pad(sequences, padding_value=pad_token_id, padding_side="right").to(device)
             attention_mask = pad([torch.ones_like(s) for s in sequences], padding_value=0, padding_side="right")
             outputs = featurize(input_ids, attention_mask.to(device))  # [2b, ...]
@@ -222,6 +226,12 @@ def group_by_user(
     user ids)`, users in first-seen order, or in the order of `users` when given (a user of `users` without rows gets
     an empty block, and rows of users not in `users` are left out).
     """
+    feature_differences = as_tensor(feature_differences, "feature_differences")
+    if feature_differences.ndim != 2:
+        raise ValueError(f"`feature_differences` must be [pairs, d], got shape {tuple(feature_differences.shape)}.")
+    if isinstance(user_ids, (str, bytes)):
+        raise TypeError("`user_ids` must be a sequence of ids, one per row, not a single string.")
+    user_ids = list(user_ids)
     if len(user_ids) != feature_differences.shape[0]:
         raise ValueError(f"{len(user_ids)} user ids for {feature_differences.shape[0]} feature rows.")
     order: dict[str, list[int]] = {}

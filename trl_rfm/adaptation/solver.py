@@ -14,6 +14,7 @@ Hessian at the MAP gives the Laplace posterior `N(w_map, H^-1)` and the Laplace 
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -45,11 +46,29 @@ class UserPosterior:
         return torch.sigmoid(logits / torch.sqrt(1 + math.pi / 8 * variance))
 
 
+_INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)
+
+
+def as_tensor(value, name: str) -> torch.Tensor:
+    """`value` (a tensor, a numpy array or nested lists of numbers) as a tensor; anything else is a `TypeError` naming
+    the argument."""
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        tensor = torch.as_tensor(np.asarray(value) if not isinstance(value, (int, float)) else value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(
+            f"`{name}` must be a tensor or an array-like of numbers, got {type(value).__name__} ({error})."
+        ) from None
+    return tensor
+
+
 def validate_inputs(feature_differences, mask, prior_mean, l2, targets):
     """Checks shapes and values, and returns float tensors in the compute dtype: float64 stays float64, anything
     else is computed in float32 (fast enough for 10^4 users on a laptop, and the solve is well conditioned)."""
-    if not isinstance(feature_differences, torch.Tensor):
-        feature_differences = torch.as_tensor(feature_differences)
+    feature_differences = as_tensor(feature_differences, "feature_differences")
+    if not (feature_differences.is_floating_point() or feature_differences.dtype in _INTEGER_DTYPES):
+        raise TypeError(f"`feature_differences` must hold real numbers, got dtype {feature_differences.dtype}.")
     if feature_differences.ndim != 3:
         raise ValueError(
             "`feature_differences` must be [users, pairs, d] (use `.unsqueeze(0)` for a single user), got shape "
@@ -66,7 +85,7 @@ def validate_inputs(feature_differences, mask, prior_mean, l2, targets):
     if mask is None:
         mask = torch.ones(num_users, num_pairs, dtype=dtype, device=x.device)
     else:
-        mask = torch.as_tensor(mask, device=x.device).to(dtype)
+        mask = as_tensor(mask, "mask").to(device=x.device, dtype=dtype)
         if mask.shape != (num_users, num_pairs):
             raise ValueError(
                 f"`mask` must have shape {(num_users, num_pairs)} = (users, pairs), got {tuple(mask.shape)}."
@@ -77,7 +96,7 @@ def validate_inputs(feature_differences, mask, prior_mean, l2, targets):
     if targets is None:
         targets = torch.ones(num_users, num_pairs, dtype=dtype, device=x.device)
     else:
-        targets = torch.as_tensor(targets, device=x.device).to(dtype)
+        targets = as_tensor(targets, "targets").to(device=x.device, dtype=dtype)
         if targets.shape != (num_users, num_pairs):
             raise ValueError(
                 f"`targets` must have shape {(num_users, num_pairs)} = (users, pairs), got {tuple(targets.shape)}."
@@ -88,7 +107,7 @@ def validate_inputs(feature_differences, mask, prior_mean, l2, targets):
     if prior_mean is None:
         prior = torch.zeros(num_users, d, dtype=dtype, device=x.device)
     else:
-        prior = torch.as_tensor(prior_mean, device=x.device).to(dtype)
+        prior = as_tensor(prior_mean, "prior_mean").to(device=x.device, dtype=dtype)
         if prior.shape[-1] != d:
             raise ValueError(
                 f"`prior_mean` has {prior.shape[-1]} features but the feature differences have d = {d}: were they "
@@ -100,7 +119,7 @@ def validate_inputs(feature_differences, mask, prior_mean, l2, targets):
             raise ValueError("`prior_mean` contains NaN or infinite values.")
         prior = prior.expand(num_users, d).contiguous()
 
-    l2 = torch.as_tensor(l2, dtype=dtype, device=x.device)
+    l2 = as_tensor(l2, "l2").to(device=x.device, dtype=dtype)
     if l2.ndim > 1 or (l2.ndim == 1 and l2.shape[0] != num_users):
         raise ValueError(f"`l2` must be a number or a [users] tensor, got shape {tuple(l2.shape)}.")
     if not (torch.isfinite(l2).all() and (l2 > 0).all()):
@@ -236,6 +255,7 @@ def fit_user_weights(
     Returns:
         `torch.Tensor` of shape `(users, d)` and the dtype of `feature_differences`: the fitted weights.
     """
+    feature_differences = as_tensor(feature_differences, "feature_differences")
     weights, _, _ = _prepare_and_fit(feature_differences, mask, prior_mean, l2, targets, max_iter, tol)
     return weights.to(feature_differences.dtype if feature_differences.is_floating_point() else weights.dtype)
 
@@ -257,7 +277,8 @@ def fit_user_posterior(
     (covariances and log-determinants need the precision). The uncertainty drives active question selection
     (`trl_rfm.adaptation.active`) and the evidence drives [`select_l2`].
     """
-    if isinstance(feature_differences, torch.Tensor) and feature_differences.is_floating_point():
+    feature_differences = as_tensor(feature_differences, "feature_differences")
+    if feature_differences.is_floating_point():
         feature_differences = feature_differences.double()
     weights, loss, (x, mask, _, _, l2) = _prepare_and_fit(
         feature_differences, mask, prior_mean, l2, targets, max_iter, tol

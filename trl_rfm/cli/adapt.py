@@ -14,7 +14,20 @@ from dataclasses import dataclass, field
 
 from rich.console import Console
 
-from .common import load_comparisons, parse_arguments
+from .common import CLIError, load_comparisons, parse_arguments
+
+
+def parse_l2(value: str):
+    """`--l2`: `model` -> None, `evidence`, or a positive number; anything else names the accepted values."""
+    if value in ("model", "evidence"):
+        return None if value == "model" else value
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if number is None or not number > 0 or number == float("inf"):
+        raise CLIError(f"--l2 {value!r} is not accepted: use `model`, `evidence` or a positive number (e.g. 1.0).")
+    return number
 
 
 @dataclass
@@ -38,6 +51,10 @@ class AdaptArguments:
         default=False,
         metadata={"help": "Write only the new users' weights (user_weights.safetensors), not the whole model."},
     )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "The model's tokenizer (path or Hub id), when the model folder has none."},
+    )
     batch_size: int = field(default=64, metadata={"help": "Comparisons per backbone batch."})
     max_length: int | None = field(default=None, metadata={"help": "Truncation length of the sequences."})
 
@@ -57,6 +74,7 @@ def run_adapt(args: AdaptArguments):
             "With --weights_only, --output_dir must differ from the model's folder (it would replace "
             "the model's user table by the new users alone)."
         )
+    l2 = parse_l2(args.l2)
     comparisons = load_comparisons(args.comparisons_file)
     if args.user_id is not None:
         user_id = normalize_user_id(args.user_id)  # rejects an empty id with a clear message
@@ -69,9 +87,16 @@ def run_adapt(args: AdaptArguments):
             "to one user."
         )
 
+    tokenizer_path = args.tokenizer_name_or_path or args.model_name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    except (OSError, ValueError) as error:
+        raise CLIError(
+            f"No tokenizer could be loaded from {tokenizer_path} ({str(error).splitlines()[0]}). The features must be "
+            "computed with the tokenizer the model was trained with: save it into the model folder, or pass "
+            "--tokenizer_name_or_path."
+        ) from error
     model = RewardFeatureModel.from_pretrained(args.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-    l2 = None if args.l2 == "model" else args.l2 if args.l2 == "evidence" else float(args.l2)
     user_ids, weights = adapt_users(
         model, tokenizer, comparisons, args.user_column, l2=l2, batch_size=args.batch_size, max_length=args.max_length
     )

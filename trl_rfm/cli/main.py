@@ -1,4 +1,5 @@
-"""The `trl-rfm` command line: `trl-rfm <command> [options]`; `trl-rfm <command> --help` lists the options."""
+"""The `trl-rfm` command line: `trl-rfm <command> [options]`; `trl-rfm <command> --help` lists the options. Errors in
+the input are printed as one line; `--debug` (anywhere after the command) shows the traceback instead."""
 
 import importlib
 import sys
@@ -28,7 +29,17 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
         return
     module, _ = COMMANDS[argv[0]]
-    importlib.import_module(module).main(argv[1:])
+    arguments = [argument for argument in argv[1:] if argument != "--debug"]
+    debug = len(arguments) != len(argv) - 1
+    try:
+        importlib.import_module(module).main(arguments)
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        # Errors of the user's input: one line, naming the problem; the traceback only with `--debug`.
+        if debug:
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"trl-rfm {argv[0]}: error: {message} (run with --debug for the traceback)", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from accelerate.utils import is_peft_model
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..adaptation.features import tokenize_sequence
+from ..models.limits import truncate_to_limit
 from ..models.modeling_rfm import RewardFeatureModel
 
 
@@ -49,7 +50,8 @@ class PersonalizedReward:
         batch_size (`int`, *optional*, defaults to `64`):
             Sequences per backbone forward pass.
         max_length (`int`, *optional*):
-            Longer sequences keep their *last* `max_length` tokens (the reward is read at the last token).
+            Longer sequences keep their *last* `max_length` tokens (the reward is read at the last token). `None`: the
+            trunk's position limit (`max_position_embeddings`), with a warning when a sequence is truncated.
         device (`str` or `torch.device`, *optional*):
             Where to run the model; defaults to the current process's accelerator device.
         name (`str`, *optional*):
@@ -83,8 +85,10 @@ class PersonalizedReward:
             raise ValueError("`processing_class` (the reward model's tokenizer) is required when `model` is a model.")
         if processing_class.pad_token_id is None:
             raise ValueError("The reward tokenizer has no pad token; set `processing_class.pad_token` first.")
-        if batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
+        if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
+            raise ValueError(f"`max_length` must be an integer >= 1 or None, got {max_length!r}.")
         if user_id is not None and not base.has_user(user_id) and strict:
             raise KeyError(f"Unknown user id {user_id!r}; the model knows {base.num_users} users.")
         self.model = model.eval()
@@ -136,13 +140,14 @@ class PersonalizedReward:
         """Token ids of every prompt + completion, as TRL's `RewardTrainer` tokenises a training response."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions.")
-        sequences = []
-        for prompt, completion in zip(prompts, completions, strict=True):
-            ids = tokenize_sequence(self.processing_class, prompt, completion)
-            if self.max_length is not None and len(ids) > self.max_length:
-                ids = ids[-self.max_length :]
-            sequences.append(ids)
-        return sequences
+        sequences = [
+            tokenize_sequence(self.processing_class, prompt, completion)
+            for prompt, completion in zip(prompts, completions, strict=True)
+        ]
+        if any(len(ids) == 0 for ids in sequences):
+            raise ValueError("A prompt + completion tokenised to no tokens at all: nothing to read a reward from.")
+        # Longer than `max_length`, or than the trunk's positions when it is None: the last tokens are kept.
+        return truncate_to_limit(sequences, self.max_length, self.rfm, "sequences")
 
     @torch.no_grad()
     def features(self, prompts: list, completions: list) -> torch.Tensor:

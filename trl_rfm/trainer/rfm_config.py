@@ -136,6 +136,9 @@ class RFMConfig(RewardConfig):
     )
 
     def __post_init__(self):
+        # Checked before TRL's own checks, so that a bad model option is reported whatever the machine.
+        if not isinstance(self.num_features, int) or isinstance(self.num_features, bool) or self.num_features < 1:
+            raise ValueError(f"`num_features` must be an integer >= 1, got {self.num_features!r}.")
         super().__post_init__()
         if self.feature_normalization not in FEATURE_NORMALIZATIONS:
             raise ValueError(f"`feature_normalization` must be one of {FEATURE_NORMALIZATIONS}.")

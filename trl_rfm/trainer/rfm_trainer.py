@@ -63,6 +63,16 @@ from .checkpointing import RFMCheckpointingMixin
 from .hub import RFMHubMixin
 from .peft_defaults import fill_default_targets
 from .rfm_config import RFMConfig
+from .validation import (
+    check_preference_columns,
+    clamp_max_length,
+    count_by_user,
+    drop_users_without_training_rows,
+    position_limit,
+    users_without_rows,
+    warn_rater_like_column,
+    warn_unknown_users,
+)
 
 
 DEFAULT_USER_COLUMN = "user_id"
@@ -81,7 +91,10 @@ def resolve_user_column(dataset: Dataset | IterableDataset, args: RFMConfig) -> 
                 "model."
             )
         return args.user_column
-    return DEFAULT_USER_COLUMN if DEFAULT_USER_COLUMN in columns else None
+    if DEFAULT_USER_COLUMN in columns:
+        return DEFAULT_USER_COLUMN
+    warn_rater_like_column(columns)  # e.g. `rater_id`: probably meant as the user column
+    return None
 
 
 def collect_user_ids(dataset: Dataset | IterableDataset, user_column: str) -> list[str]:
@@ -201,6 +214,8 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
         model = self._load_or_build_model(model, args, user_ids, quantization_config)
         base_model = model.get_base_model() if is_peft_model(model) else model
         self._user_vocabulary = {uid: i for i, uid in enumerate(base_model.user_ids)}
+        self._position_limit = position_limit(base_model)  # `max_length` is clamped to it (trainer/validation.py)
+        self._users_dropped_by_length = {}  # users whose every training row TRL's `max_length` filter dropped
 
         if peft_config is not None:
             peft_config.modules_to_save = sorted(set(peft_config.modules_to_save or []) | set(RFM_MODULES_TO_SAVE))
@@ -222,6 +237,7 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
             peft_config=peft_config,
         )
         self.data_collator = UserIndexCollator(self.data_collator)
+        drop_users_without_training_rows(self, self._users_dropped_by_length)
         self._num_users = base_model.num_users
         self._per_user_counts = None  # [users + 1, (personal correct, population correct, pairs)] during evaluation
         self._trains_population_separately = (
@@ -293,6 +309,8 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
         args: RFMConfig,
         dataset_name: str,
     ) -> Dataset | IterableDataset:
+        check_preference_columns(dataset, dataset_name)
+        clamp_max_length(args, self._position_limit)
         columns = get_dataset_column_names(dataset) or []
         if self.user_column is not None and self.user_column not in columns and USER_INDEX not in columns:
             raise ValueError(
@@ -303,9 +321,14 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
             # TRL appends `eos_token` to plain-text responses and fails when it is None (BERT-style tokenizers, which
             # end every sequence with their own `[SEP]`): tokenise here, as `tokenize_sequence` does, and TRL skips it.
             dataset = tokenize_preferences(dataset, processing_class)
+        counts = count_by_user(dataset, self.user_column) if dataset_name == "train" and self.user_column else None
         dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        if counts is not None and USER_INDEX not in columns:
+            self._users_dropped_by_length = users_without_rows(counts, count_by_user(dataset, self.user_column))
         if self.user_column is None or USER_INDEX in columns:
             return dataset
+        if dataset_name != "train" and args.unknown_users != "error":
+            warn_unknown_users(dataset, self.user_column, self._user_vocabulary, dataset_name)
 
         vocabulary, column, strict = self._user_vocabulary, self.user_column, args.unknown_users == "error"
 
