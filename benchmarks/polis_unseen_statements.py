@@ -379,21 +379,20 @@ def evaluate(features_by_method, parts, index, args, seed) -> dict:
         adapt = group_by_user(differences(feats, parts["adaptation"], index), parts["adaptation"]["user_id"], users)
         if draws is None:
             draws = draw_adaptation_sets(adapt[1], shots, args.num_draws, seed)
-        for test_name in ("unseen_test", "seen_test"):
-            test_x, test_mask, _ = group_by_user(
-                differences(feats, parts[test_name], index), parts[test_name]["user_id"], users
-            )
-            curve = {}
-            for k, masks in draws.items():
-                accs = []
-                for mask in masks:
-                    w = fit_user_weights(adapt[0], mask, prior, l2)
-                    accs.append(per_user_accuracy(torch.einsum("upd,ud->up", test_x, w), test_mask))
-                curve[k] = torch.stack(accs).mean(0).tolist()
-            out[f"{method}_{test_name}"] = curve
+        tests = {
+            name: group_by_user(differences(feats, parts[name], index), parts[name]["user_id"], users)[:2]
+            for name in ("unseen_test", "seen_test")
+        }
+        curves = {name: {} for name in tests}
+        for k, masks in draws.items():  # one fit per draw, scored on both test sets
+            weights = [fit_user_weights(adapt[0], mask, prior, l2) for mask in masks]
+            for name, (test_x, test_mask) in tests.items():
+                accs = [per_user_accuracy(torch.einsum("upd,ud->up", test_x, w), test_mask) for w in weights]
+                curves[name][k] = torch.stack(accs).mean(0).tolist()
+        for name, (test_x, test_mask) in tests.items():
+            out[f"{method}_{name}"] = curves[name]
             if method == "linear":
-                rm_margin = torch.einsum("upd,d->up", test_x, rm_head)
-                out[f"rm_{test_name}"] = per_user_accuracy(rm_margin, test_mask).tolist()
+                out[f"rm_{name}"] = per_user_accuracy(torch.einsum("upd,d->up", test_x, rm_head), test_mask).tolist()
     return out
 
 
