@@ -88,7 +88,7 @@ class StepTimer(TrainerCallback):
 
 
 def _long_preferences(args: BenchmarkArguments):
-    from trl_rfm import make_synthetic_preferences
+    from trl_rfm.testing import make_synthetic_preferences
 
     steps = args.warmup_steps + args.timed_steps
     pairs_per_user = -(-steps * args.per_device_train_batch_size // args.num_users)
@@ -111,7 +111,8 @@ def run_worker(args: BenchmarkArguments) -> None:
     from peft import LoraConfig
     from transformers import AutoModel
 
-    from trl_rfm import RFMConfig, RFMRewardTrainer, build_tokenizer
+    from trl_rfm import RFMConfig, RFMRewardTrainer
+    from trl_rfm.testing import build_tokenizer
 
     output_dir = Path(args.output_dir)
     training_args = RFMConfig(

@@ -24,8 +24,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
-from trl_rfm import PersonalizedReward, RewardFeatureModel, build_tiny_causal_lm  # noqa: E402
-from trl_rfm.marker_task import build_marker_tokenizer, make_marker_preferences  # noqa: E402
+from trl_rfm import PersonalizedReward, RewardFeatureModel  # noqa: E402
+from trl_rfm.testing import build_marker_tokenizer, build_tiny_causal_lm, make_marker_preferences  # noqa: E402
 
 
 @dataclass

@@ -24,13 +24,8 @@ from rich.table import Table  # noqa: E402
 from transformers import AutoModelForSequenceClassification, HfArgumentParser  # noqa: E402
 from trl import RewardConfig, RewardTrainer  # noqa: E402
 
-from trl_rfm import (  # noqa: E402
-    RFMConfig,
-    RFMRewardTrainer,
-    build_tiny_causal_lm,
-    build_tokenizer,
-    make_synthetic_preferences,  # noqa: E402
-)
+from trl_rfm import RFMConfig, RFMRewardTrainer  # noqa: E402
+from trl_rfm.testing import build_tiny_causal_lm, build_tokenizer, make_synthetic_preferences  # noqa: E402
 
 
 @dataclass

@@ -25,7 +25,7 @@ from transformers import HfArgumentParser  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from trl_rfm import PersonalizedReward, sample_candidates  # noqa: E402
-from trl_rfm.marker_task import (  # noqa: E402
+from trl_rfm.testing.marker_task import (  # noqa: E402
     MARKER_WORD,
     build_marker_policy,
     build_marker_tokenizer,

@@ -18,7 +18,7 @@ from peft import LoraConfig, get_peft_model
 from trl_rfm import RewardFeatureModel, RFMConfig, RFMRewardTrainer
 from trl_rfm.io.hub import push_to_hub
 from trl_rfm.io.user_weights_file import USER_WEIGHTS_NAME
-from trl_rfm.testing import make_synthetic_preferences
+from trl_rfm.testing import make_synthetic_preferences, quiet_cpu_args
 
 
 USERS = ["alice", "bob", "carol"]
@@ -129,17 +129,11 @@ def _trainer(tmp_path, tokenizer, **overrides):
         num_features=4,
         per_device_train_batch_size=16,
         max_steps=2,
-        logging_strategy="no",
-        save_strategy="no",
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        disable_tqdm=True,
         hub_model_id="someone/rfm-run",
     )
     return RFMRewardTrainer(
         model=str(tmp_path / "lm"),
-        args=RFMConfig(**{**args, **overrides}),
+        args=quiet_cpu_args(RFMConfig, **{**args, **overrides}),
         train_dataset=data.train,
         eval_dataset=data.train,
         processing_class=tokenizer,

@@ -15,7 +15,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 from trl_rfm import RewardFeatureModel, RFMConfig, RFMRewardTrainer
 from trl_rfm.io import save_load
 from trl_rfm.io.user_weights_file import USER_WEIGHTS_NAME, UserWeightsFileError
-from trl_rfm.testing import make_synthetic_preferences
+from trl_rfm.testing import make_synthetic_preferences, quiet_cpu_args
 
 
 USERS = ["alice", "bob", "7", "dana"]
@@ -304,14 +304,9 @@ def _trainer(output_dir, data, tokenizer, lm_path, lora=False, **overrides):
         max_steps=8,
         save_strategy="steps",
         save_steps=4,
-        logging_strategy="no",
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        disable_tqdm=True,
         seed=0,
     )
-    args = RFMConfig(**{**defaults, **overrides})
+    args = quiet_cpu_args(RFMConfig, **{**defaults, **overrides})
     return RFMRewardTrainer(
         model=lm_path,
         args=args,

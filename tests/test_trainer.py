@@ -4,7 +4,7 @@ from datasets import Dataset
 from peft import LoraConfig
 
 from trl_rfm import RewardFeatureModel, RFMConfig, RFMRewardTrainer
-from trl_rfm.testing import make_synthetic_preferences
+from trl_rfm.testing import make_synthetic_preferences, quiet_cpu_args
 
 
 def _args(tmp_path, **overrides):
@@ -18,15 +18,9 @@ def _args(tmp_path, **overrides):
         num_train_epochs=12,
         lr_scheduler_type="cosine",
         warmup_steps=20,
-        logging_strategy="no",
-        save_strategy="no",
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        disable_tqdm=True,
         seed=0,
     )
-    return RFMConfig(**{**defaults, **overrides})
+    return quiet_cpu_args(RFMConfig, **{**defaults, **overrides})
 
 
 def _train_and_evaluate(tmp_path, data, tokenizer, tiny_lm, **overrides):

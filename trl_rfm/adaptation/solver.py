@@ -63,6 +63,18 @@ def as_tensor(value, name: str) -> torch.Tensor:
     return tensor
 
 
+def _per_pair(value, name, num_users, num_pairs, dtype, device) -> torch.Tensor:
+    """A `[users, pairs]` tensor of `value` (ones when `None`), checked for shape."""
+    if value is None:
+        return torch.ones(num_users, num_pairs, dtype=dtype, device=device)
+    value = as_tensor(value, name).to(device=device, dtype=dtype)
+    if value.shape != (num_users, num_pairs):
+        raise ValueError(
+            f"`{name}` must have shape {(num_users, num_pairs)} = (users, pairs), got {tuple(value.shape)}."
+        )
+    return value
+
+
 def validate_inputs(feature_differences, mask, prior_mean, l2, targets):
     """Checks shapes and values, and returns float tensors in the compute dtype: float64 stays float64, anything
     else is computed in float32 (fast enough for 10^4 users on a laptop, and the solve is well conditioned)."""
@@ -82,27 +94,12 @@ def validate_inputs(feature_differences, mask, prior_mean, l2, targets):
     if not torch.isfinite(x).all():
         raise ValueError("`feature_differences` contains NaN or infinite values.")
 
-    if mask is None:
-        mask = torch.ones(num_users, num_pairs, dtype=dtype, device=x.device)
-    else:
-        mask = as_tensor(mask, "mask").to(device=x.device, dtype=dtype)
-        if mask.shape != (num_users, num_pairs):
-            raise ValueError(
-                f"`mask` must have shape {(num_users, num_pairs)} = (users, pairs), got {tuple(mask.shape)}."
-            )
-        if (mask < 0).any() or not torch.isfinite(mask).all():
-            raise ValueError("`mask` must be finite and >= 0 (1 for a real pair, 0 for padding).")
-
-    if targets is None:
-        targets = torch.ones(num_users, num_pairs, dtype=dtype, device=x.device)
-    else:
-        targets = as_tensor(targets, "targets").to(device=x.device, dtype=dtype)
-        if targets.shape != (num_users, num_pairs):
-            raise ValueError(
-                f"`targets` must have shape {(num_users, num_pairs)} = (users, pairs), got {tuple(targets.shape)}."
-            )
-        if not ((targets >= 0) & (targets <= 1)).all():
-            raise ValueError("`targets` must be probabilities in [0, 1] (1: first preferred, 0.5: tie).")
+    mask = _per_pair(mask, "mask", num_users, num_pairs, dtype, x.device)
+    if (mask < 0).any() or not torch.isfinite(mask).all():
+        raise ValueError("`mask` must be finite and >= 0 (1 for a real pair, 0 for padding).")
+    targets = _per_pair(targets, "targets", num_users, num_pairs, dtype, x.device)
+    if not ((targets >= 0) & (targets <= 1)).all():
+        raise ValueError("`targets` must be probabilities in [0, 1] (1: first preferred, 0.5: tie).")
 
     if prior_mean is None:
         prior = torch.zeros(num_users, d, dtype=dtype, device=x.device)

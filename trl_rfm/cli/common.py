@@ -94,3 +94,37 @@ def load_comparisons(path: str) -> Dataset:
             f"and `rejected` (and optionally `prompt`); the file has {dataset.column_names}."
         )
     return dataset
+
+
+def synthetic_heldout_split(
+    num_users: int,
+    num_heldout_users: int,
+    train_pairs_per_user: int,
+    adaptation_pairs_per_user: int,
+    test_pairs_per_user: int,
+    disagreement: float,
+    seed: int,
+):
+    """
+    Synthetic raters for `demo` and `evaluate`: returns `(data, adaptation, test)`, where `data` is the
+    [`SyntheticPreferences`] and each held-out rater's first `adaptation_pairs_per_user` pairs form the adaptation
+    pool (`adaptation`), the next `test_pairs_per_user` their test set (`test`).
+    """
+    from ..testing.synthetic import make_synthetic_preferences
+
+    data = make_synthetic_preferences(
+        num_users=num_users,
+        num_heldout_users=num_heldout_users,
+        train_pairs_per_user=train_pairs_per_user,
+        heldout_pairs_per_user=adaptation_pairs_per_user + test_pairs_per_user,
+        disagreement=disagreement,
+        seed=seed,
+    )
+    position: dict[str, int] = {}
+    is_test = []
+    for user_id in data.heldout["user_id"]:
+        position[user_id] = position.get(user_id, -1) + 1
+        is_test.append(position[user_id] >= adaptation_pairs_per_user)
+    adaptation = data.heldout.select([i for i, t in enumerate(is_test) if not t])
+    test = data.heldout.select([i for i, t in enumerate(is_test) if t])
+    return data, adaptation, test

@@ -17,11 +17,10 @@ from rich.table import Table
 from ..adaptation.features import compute_feature_differences, group_by_user
 from ..adaptation.prior import prior_from_model
 from ..evaluation.protocol import accuracy_vs_k
-from ..testing.synthetic import make_synthetic_preferences
 from ..testing.tiny_models import build_tiny_causal_lm, build_tokenizer
 from ..trainer.rfm_config import RFMConfig
 from ..trainer.rfm_trainer import RFMRewardTrainer
-from .common import parse_arguments
+from .common import parse_arguments, synthetic_heldout_split
 
 
 @dataclass
@@ -42,13 +41,14 @@ class DemoArguments:
 def run_demo(args: DemoArguments) -> dict:
     console = Console()
     shots = [int(k) for k in args.shots.split(",")]
-    data = make_synthetic_preferences(
-        num_users=args.num_users,
-        num_heldout_users=args.num_heldout_users,
-        train_pairs_per_user=args.train_pairs_per_user,
-        heldout_pairs_per_user=max(shots) + args.test_pairs_per_user,
-        disagreement=args.disagreement,
-        seed=args.seed,
+    data, adaptation_pairs, test_pairs = synthetic_heldout_split(
+        args.num_users,
+        args.num_heldout_users,
+        args.train_pairs_per_user,
+        max(shots),
+        args.test_pairs_per_user,
+        args.disagreement,
+        args.seed,
     )
     console.print(
         f"[bold]Synthetic raters[/bold]: {args.num_users} training + {args.num_heldout_users} held-out, "
@@ -87,16 +87,12 @@ def run_demo(args: DemoArguments) -> dict:
     model = trainer.model
 
     # Held-out raters: features computed once, then only logistic regressions.
-    heldout = data.heldout
-    differences = compute_feature_differences(model, tokenizer, heldout, batch_size=128)
-    grouped, mask, _ = group_by_user(differences, heldout["user_id"])  # [U, P, d]
-    # The first max(k) pairs of each held-out rater form the adaptation pool, the rest the test set.
-    pool, pool_mask, test, test_mask = (
-        grouped[:, : max(shots)],
-        mask[:, : max(shots)],
-        grouped[:, max(shots) :],
-        mask[:, max(shots) :],
-    )
+    users = sorted(set(test_pairs["user_id"]))
+
+    def grouped(pairs):
+        return group_by_user(compute_feature_differences(model, tokenizer, pairs, 128), pairs["user_id"], users)[:2]
+
+    (pool, pool_mask), (test, test_mask) = grouped(adaptation_pairs), grouped(test_pairs)
     prior_mean, l2 = prior_from_model(model)
     per_draw = accuracy_vs_k(
         pool, pool_mask, test, test_mask, prior_mean, l2, shots, args.num_draws, args.seed, average="pooled"

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..evaluation.harness import AdaptationEvaluationConfig, AdaptationEvaluationResult, evaluate_adaptation
-from .common import load_comparisons, parse_arguments
+from .common import load_comparisons, parse_arguments, synthetic_heldout_split
 
 
 @dataclass
@@ -55,26 +55,17 @@ def run_evaluation(data_args: EvaluateDataArguments, config: AdaptationEvaluatio
         tokenizer = AutoTokenizer.from_pretrained(backbone)
         title = f"{os.path.basename(data_args.test_file)}: held-out users"
     else:
-        from ..testing.synthetic import make_synthetic_preferences
         from ..testing.tiny_models import build_tiny_causal_lm, build_tokenizer
 
-        shots = config.shot_list
-        data = make_synthetic_preferences(
-            num_users=data_args.num_users,
-            num_heldout_users=data_args.num_heldout_users,
-            train_pairs_per_user=data_args.train_pairs_per_user,
-            heldout_pairs_per_user=max(shots) + data_args.test_pairs_per_user,
-            disagreement=data_args.disagreement,
-            seed=config.seed,
+        data, adaptation, test = synthetic_heldout_split(
+            data_args.num_users,
+            data_args.num_heldout_users,
+            data_args.train_pairs_per_user,
+            max(config.shot_list),
+            data_args.test_pairs_per_user,
+            data_args.disagreement,
+            config.seed,
         )
-        # The first max(k) pairs of each held-out rater form the adaptation pool, the rest the test set.
-        position: dict[str, int] = {}
-        is_test = []
-        for user_id in data.heldout["user_id"]:
-            position[user_id] = position.get(user_id, -1) + 1
-            is_test.append(position[user_id] >= max(shots))
-        adaptation = data.heldout.select([i for i, t in enumerate(is_test) if not t])
-        test = data.heldout.select([i for i, t in enumerate(is_test) if t])
         train, calibration, true_user_weights = data.train, data.test, data.true_user_weights
         # The id_rm baseline writes user ids into prompts: the word-level tokenizer must know them.
         tokenizer = build_tokenizer([*data.vocabulary_texts(), "user :", " ".join(true_user_weights)])

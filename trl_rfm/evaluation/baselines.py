@@ -16,6 +16,7 @@ from trl import RewardConfig, RewardTrainer
 
 from ..adaptation.features import compute_score_head_input_differences, group_by_user, score_head
 from ..models.user_table import normalize_user_id
+from ..testing.tiny_models import quiet_cpu_args
 from .protocol import pairwise_accuracy, summarize_draws
 
 
@@ -52,16 +53,19 @@ def training_args(config_class, output_dir, config, **overrides):
         learning_rate=config.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=20,
-        logging_strategy="no",
-        save_strategy="no",
-        report_to="none",
-        bf16=False,
         use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=True,
         seed=config.seed,
     )
-    args.update(overrides)
-    return config_class(**args)
+    return quiet_cpu_args(config_class, **{**args, **overrides})
+
+
+def train(trainer_class, config_class, model, processing_class, dataset, output_dir, config, **overrides):
+    """`trainer_class` (an `RFMRewardTrainer` or `trl.RewardTrainer`) trained on `dataset` with the evaluation's
+    options (see [`training_args`]); returns the trained model."""
+    args = training_args(config_class, output_dir, config, **overrides)
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=processing_class)
+    trainer.train()
+    return trainer.model
 
 
 def without_columns(dataset: Dataset, columns: Sequence[str]) -> Dataset:
@@ -69,34 +73,26 @@ def without_columns(dataset: Dataset, columns: Sequence[str]) -> Dataset:
 
 
 def evaluate_id_rm(
-    backbone,
-    processing_class,
-    datasets,
-    heldout_users,
-    draws,
-    shots,
-    config,
-    user_column,
-    extra_columns,
-    work_dir,
-    log,
+    backbone, processing_class, datasets, heldout_users, draws, config, *, user_column, extra_columns, work_dir, log
 ):
     """Trains the id-in-prompt reward model, then for each k and draw fine-tunes a copy on the drawn pairs of all
     held-out users at once (their ids tell them apart) and scores their test pairs."""
     train_dataset, adaptation_dataset, test_dataset = datasets
+    shots = config.shot_list
     log("Training the user-id-in-prompt reward model (trl.RewardTrainer)")
 
     def with_ids(dataset):
         return without_columns(add_user_id_to_prompt(dataset, user_column), [user_column, *extra_columns])
 
-    trainer = RewardTrainer(
-        model=backbone,
-        args=training_args(RewardConfig, os.path.join(work_dir, "id_rm"), config),
-        train_dataset=with_ids(train_dataset),
-        processing_class=processing_class,
+    base_model = train(
+        RewardTrainer,
+        RewardConfig,
+        backbone,
+        processing_class,
+        with_ids(train_dataset),
+        os.path.join(work_dir, "id_rm"),
+        config,
     )
-    trainer.train()
-    base_model = trainer.model
     test = with_ids(test_dataset)
     _, test_mask = group_by_user(torch.zeros(len(test_dataset), 1), test_dataset[user_column], heldout_users)[:2]
 
@@ -128,21 +124,19 @@ def evaluate_id_rm(
             log(f"  id_rm: fine-tuning on k = {k} pairs per held-out user")
             model = copy.deepcopy(base_model)
             steps_per_epoch = max(1, -(-len(selected) // config.per_device_train_batch_size))
-            fine_tuner = RewardTrainer(
-                model=model,
-                args=training_args(
-                    RewardConfig,
-                    os.path.join(work_dir, "id_rm_adapt"),
-                    config,
-                    num_train_epochs=config.id_rm_adaptation_epochs,
-                    warmup_steps=0,
-                    lr_scheduler_type="constant",
-                    max_steps=int(np.ceil(steps_per_epoch * config.id_rm_adaptation_epochs)),
-                ),
-                train_dataset=pool.select(selected),
-                processing_class=processing_class,
+            fine_tuned = train(
+                RewardTrainer,
+                RewardConfig,
+                model,
+                processing_class,
+                pool.select(selected),
+                os.path.join(work_dir, "id_rm_adapt"),
+                config,
+                num_train_epochs=config.id_rm_adaptation_epochs,
+                warmup_steps=0,
+                lr_scheduler_type="constant",
+                max_steps=int(np.ceil(steps_per_epoch * config.id_rm_adaptation_epochs)),
             )
-            fine_tuner.train()
-            per_draw.append(score(fine_tuner.model))
+            per_draw.append(score(fine_tuned))
         results[str(k)] = summarize_draws(per_draw)
     return results

@@ -39,7 +39,7 @@ from ..adaptation.prior import prior_from_model, select_l2
 from ..models.user_table import normalize_user_id
 from ..trainer.rfm_config import RFMConfig
 from ..trainer.rfm_trainer import RFMRewardTrainer
-from .baselines import evaluate_id_rm, training_args, without_columns
+from .baselines import evaluate_id_rm, train, without_columns
 from .plots import plot_accuracy_vs_k
 from .protocol import accuracy_vs_k, draw_adaptation_sets, pairwise_accuracy, summarize_draws
 
@@ -172,101 +172,85 @@ def evaluate_adaptation(
     # Bookkeeping columns of synthetic or rating-derived pairs; the trainers must not see them.
     extra_columns = ("chosen_attributes", "rejected_attributes", "chosen_item", "rejected_item")
 
-    def heldout_features(featurize):
-        pool, pool_mask = group_by_user(featurize(adaptation_dataset), adaptation_dataset[user_column], heldout_users)[
-            :2
-        ]
-        test, test_mask = group_by_user(featurize(test_dataset), test_dataset[user_column], heldout_users)[:2]
-        return pool, pool_mask, test, test_mask
-
     draws = None
     accuracy: dict[str, dict] = {}
     l2_used: dict[str, float] = {}
 
-    def choose_l2(calibration, calibration_mask, prior_mean, model_l2=None):
-        if config.l2 == "evidence":
-            return select_l2(calibration, calibration_mask, prior_mean).l2
+    def choose_l2(featurize, prior_mean, model_l2=None):
         if config.l2 == "model":
             if model_l2 is None:
                 raise ValueError("`l2='model'` only applies to the RFM; use 'evidence' or a number.")
             return model_l2
-        return float(config.l2)
+        if config.l2 != "evidence":
+            return float(config.l2)
+        calibration, calibration_mask, _ = group_by_user(
+            featurize(calibration_dataset), calibration_dataset[user_column]
+        )
+        return select_l2(calibration, calibration_mask, prior_mean).l2
+
+    def heldout_features(featurize):
+        """The held-out users' adaptation pools and test pairs, and the draws every method shares."""
+        nonlocal draws
+        pool = group_by_user(featurize(adaptation_dataset), adaptation_dataset[user_column], heldout_users)[:2]
+        test = group_by_user(featurize(test_dataset), test_dataset[user_column], heldout_users)[:2]
+        if draws is None:
+            draws = draw_adaptation_sets(pool[1], shots, config.num_draws, config.seed)
+        return pool, test
+
+    def adapted_accuracy(method, pool, test, prior_mean, l2):
+        l2_used[method] = l2
+        per_draw = accuracy_vs_k(*pool, *test, prior_mean, l2, draws=draws)
+        accuracy[method] = {str(k): summarize_draws(v) for k, v in per_draw.items()}
 
     if "rfm" in methods:
         log("Training the Reward Feature Model")
-        trainer = RFMRewardTrainer(
-            model=backbone,
-            args=training_args(
-                RFMConfig,
-                os.path.join(work_dir, "rfm"),
-                config,
-                num_features=config.num_features,
-                user_weights_learning_rate=config.user_weights_learning_rate,
-                user_column=user_column,
-            ),
-            train_dataset=without_columns(train_dataset, extra_columns),
-            processing_class=processing_class,
+        rfm_options = dict(
+            num_features=config.num_features, user_weights_learning_rate=config.user_weights_learning_rate
         )
-        trainer.train()
-        model = trainer.model
+        model = train(
+            RFMRewardTrainer,
+            RFMConfig,
+            backbone,
+            processing_class,
+            without_columns(train_dataset, extra_columns),
+            os.path.join(work_dir, "rfm"),
+            config,
+            **rfm_options,
+            user_column=user_column,
+        )
 
         def featurize(dataset):
             return compute_feature_differences(model, processing_class, dataset, show_progress=False)
 
-        pool, pool_mask, test, test_mask = heldout_features(featurize)
-        draws = draw_adaptation_sets(pool_mask, shots, config.num_draws, config.seed)
+        pool, test = heldout_features(featurize)
         prior_mean, model_l2 = prior_from_model(model)
-        calibration, calibration_mask, _ = group_by_user(
-            featurize(calibration_dataset), calibration_dataset[user_column]
-        )
-        l2_used["rfm"] = choose_l2(calibration, calibration_mask, prior_mean, model_l2)
-        per_draw = accuracy_vs_k(pool, pool_mask, test, test_mask, prior_mean, l2_used["rfm"], draws=draws)
-        accuracy["rfm"] = {str(k): summarize_draws(v) for k, v in per_draw.items()}
-        del trainer, model
+        adapted_accuracy("rfm", pool, test, prior_mean, choose_l2(featurize, prior_mean, model_l2))
+        del model
 
     if "bt" in methods or "linear" in methods:
         log("Training the non-adaptive Bradley-Terry reward model (trl.RewardTrainer)")
-        trainer = RewardTrainer(
-            model=backbone,
-            args=training_args(RewardConfig, os.path.join(work_dir, "bt"), config),
-            train_dataset=without_columns(train_dataset, [user_column, *extra_columns]),
-            processing_class=processing_class,
+        bt_dataset = without_columns(train_dataset, [user_column, *extra_columns])
+        model = train(
+            RewardTrainer, RewardConfig, backbone, processing_class, bt_dataset, os.path.join(work_dir, "bt"), config
         )
-        trainer.train()
-        model = trainer.model
 
         def featurize(dataset):
             return compute_score_head_input_differences(model, processing_class, dataset, show_progress=False)
 
-        pool, pool_mask, test, test_mask = heldout_features(featurize)
-        if draws is None:
-            draws = draw_adaptation_sets(pool_mask, shots, config.num_draws, config.seed)
+        pool, test = heldout_features(featurize)
         head = score_head(model).weight[0].detach().float().cpu()
         if "bt" in methods:
-            bt_accuracy = pairwise_accuracy(test @ head, test_mask)
+            bt_accuracy = pairwise_accuracy(test[0] @ head, test[1])
             accuracy["bt"] = {str(k): summarize_draws([bt_accuracy]) for k in shots}
         if "linear" in methods:
-            calibration, calibration_mask, _ = group_by_user(
-                featurize(calibration_dataset), calibration_dataset[user_column]
-            )
-            l2_used["linear"] = choose_l2(calibration, calibration_mask, head)
-            per_draw = accuracy_vs_k(pool, pool_mask, test, test_mask, head, l2_used["linear"], draws=draws)
-            accuracy["linear"] = {str(k): summarize_draws(v) for k, v in per_draw.items()}
-        del trainer, model
+            adapted_accuracy("linear", pool, test, head, choose_l2(featurize, head))
+        del model
 
     if "id_rm" in methods:
+        datasets = (train_dataset, adaptation_dataset, test_dataset)
+        context = dict(user_column=user_column, extra_columns=extra_columns, work_dir=work_dir, log=log)
         accuracy["id_rm"] = evaluate_id_rm(
-            backbone,
-            processing_class,
-            (train_dataset, adaptation_dataset, test_dataset),
-            heldout_users,
-            draws,
-            shots,
-            config,
-            user_column,
-            extra_columns,
-            work_dir,
-            log,
+            backbone, processing_class, datasets, heldout_users, draws, config, **context
         )
 
     if "oracle" in methods:

@@ -19,4 +19,4 @@ from .tiny_encoders import (
     pretrained_minilm_path,
     save_tiny_encoder,
 )
-from .tiny_models import build_tiny_causal_lm, build_tokenizer, save_tiny_causal_lm
+from .tiny_models import build_tiny_causal_lm, build_tokenizer, quiet_cpu_args, save_tiny_causal_lm

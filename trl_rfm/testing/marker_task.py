@@ -18,7 +18,7 @@ from ..models.modeling_rfm import RewardFeatureModel
 from ..trainer.rfm_config import RFMConfig
 from ..trainer.rfm_trainer import RFMRewardTrainer
 from .synthetic import FILLER_WORDS, TOPICS
-from .tiny_models import build_tiny_causal_lm, build_tokenizer
+from .tiny_models import build_tiny_causal_lm, build_tokenizer, quiet_cpu_args
 
 
 MARKER_WORD = "funny"
@@ -106,7 +106,8 @@ def train_marker_reward_model(
     seed: int = 0,
 ) -> RewardFeatureModel:
     """Trains a tiny Reward Feature Model on [`make_marker_preferences`] (about 20 s on two CPU cores)."""
-    args = RFMConfig(
+    args = quiet_cpu_args(
+        RFMConfig,
         output_dir=output_dir,
         num_features=num_features,
         feature_normalization=feature_normalization,
@@ -116,12 +117,7 @@ def train_marker_reward_model(
         num_train_epochs=num_train_epochs,
         lr_scheduler_type="cosine",
         warmup_steps=5,
-        logging_strategy="no",
-        save_strategy="no",
-        report_to="none",
-        bf16=False,
         use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=True,
         seed=seed,
     )
     trainer = RFMRewardTrainer(

@@ -96,3 +96,17 @@ def save_tiny_causal_lm(output_dir: str | os.PathLike, texts: Iterable[str], see
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return str(output_dir)
+
+
+def quiet_cpu_args(config_class, **options):
+    """`config_class(**options)` (an `RFMConfig`, `trl.RewardConfig`, ...) for tests and demos on a CPU: no logging,
+    no checkpoints, no progress bars, no bf16, no reporting, unless `options` says otherwise."""
+    defaults = dict(
+        logging_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        bf16=False,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    return config_class(**{**defaults, **options})

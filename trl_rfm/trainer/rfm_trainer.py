@@ -15,16 +15,17 @@ What it changes in TRL's trainer, and why (public methods first, then every priv
 - `log`: adds the per-user (macro) accuracies accumulated during evaluation.
 - `create_optimizer`: the user table gets its own parameter group (its own learning rate, no weight decay: it already
   has its prior), and the feature head its own learning rate when set.
-- `create_model_card`, `push_to_hub` (in [`RFMHubMixin`], `trainer/hub.py`): the RFM's card; the
-  users' weights (personal data) left out of uploads unless `push_user_weights=True`.
+- `create_model_card`, `push_to_hub` ([`RFMHubMixin`], `trainer/hub.py`): the RFM's card; the users' weights
+  (personal data) left out of uploads unless `push_user_weights=True`.
 
 Private overrides, each because no public hook exists:
 - `_prepare_dataset`: after TRL's tokenisation (called through `super()`), maps each row's rater id to its row of the
   user table (`user_index`); TRL has no per-row hook for extra columns.
 - `_set_signature_columns_if_needed`: TRL's list plus `user_index`, so that `remove_unused_columns` keeps it.
-- `_save` ([`RFMCheckpointingMixin`], `trainer/checkpointing.py`): transformers' `_save` through `super()`, with the model's `save_pretrained` writing trl-rfm's layout
-  for that call (user table in `user_weights.safetensors`; for LoRA, no table in the adapter file); PEFT's own
-  `save_pretrained` would put the table in the adapter and lose the users' ids.
+- `_save` ([`RFMCheckpointingMixin`], `trainer/checkpointing.py`): transformers' `_save` through `super()`, with the
+  model's `save_pretrained` writing trl-rfm's layout for that call (user table in `user_weights.safetensors`; for
+  LoRA, no table in the adapter file); PEFT's own `save_pretrained` would put the table in the adapter and lose the
+  users' ids, and the trainer's card replaces the default one.
 - `_load_from_checkpoint`, `_load_best_model` (same mixin): transformers' loading, then the users restored from the
   checkpoint's user file (for LoRA the whole adapter is loaded by trl-rfm, since PEFT's `load_adapter` expects the
   user table in the adapter file).
