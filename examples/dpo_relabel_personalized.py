@@ -45,7 +45,6 @@ python examples/dpo_relabel_personalized.py \
 Training options: every field of `trl.DPOConfig` is a flag, as in TRL's scripts.
 """
 
-import os
 import sys
 from argparse import ArgumentDefaultsHelpFormatter, RawDescriptionHelpFormatter
 from dataclasses import dataclass, field
@@ -55,15 +54,19 @@ from dataclasses import dataclass, field
 class RelabelScriptArguments:
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "The Reward Feature Model (path or Hub id); default: a tiny one trained on the marker task."},
+        metadata={
+            "help": "The Reward Feature Model (path or Hub id); default: a tiny one trained on the marker task."
+        },
     )
     policy_name_or_path: str | None = field(
         default=None, metadata={"help": "The policy to fine-tune; default: a tiny random LM."}
     )
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "Prompts (a .json/.jsonl/.parquet/.csv file or a Hub id), optionally with a user column "
-                  "and a `completions` column of candidates; default: the marker task's prompts."},  # fmt: skip
+        metadata={
+            "help": "Prompts (a .json/.jsonl/.parquet/.csv file or a Hub id), optionally with a user column "
+            "and a `completions` column of candidates; default: the marker task's prompts."
+        },  # fmt: skip
     )
     user_column: str = field(default="user_id", metadata={"help": "Column naming each prompt's user."})
     user_id: str | None = field(default=None, metadata={"help": "Relabel for this user only; default: every user."})
@@ -74,7 +77,8 @@ class RelabelScriptArguments:
     num_candidates: int = field(default=4, metadata={"help": "Completions sampled per prompt (when not given)."})
     max_new_tokens: int = field(default=16, metadata={"help": "Length of sampled candidates."})
     pairing: str = field(
-        default="best_vs_worst", metadata={"help": "Pairs per prompt and user.", "choices": ["best_vs_worst", "all_pairs"]}
+        default="best_vs_worst",
+        metadata={"help": "Pairs per prompt and user.", "choices": ["best_vs_worst", "all_pairs"]},
     )
     margin: float = field(default=0.0, metadata={"help": "Keep pairs whose reward difference exceeds this."})
     num_eval_prompts: int = field(default=8, metadata={"help": "Prompts per user for the before/after summary."})
@@ -96,52 +100,15 @@ def parse_args():
     return TrlParser((RelabelScriptArguments, DPOConfig)).parse_args_and_config()
 
 
-def load_prompts(script_args: RelabelScriptArguments, users: list[str]):
-    from datasets import load_dataset
-
+def load_prompts(script_args: RelabelScriptArguments, users: list[str] | None):
+    """The prompts: the marker task's (offline default), a local data file, or a Hub dataset."""
     if script_args.dataset_name is None:
         from trl_rfm.testing import make_prompt_dataset
 
         return make_prompt_dataset(users, script_args.num_prompts, condition_on_user=script_args.condition_on_user)
-    name = script_args.dataset_name
-    if os.path.isfile(name):
-        extension = os.path.splitext(name)[1].lstrip(".")
-        return load_dataset({"jsonl": "json"}.get(extension, extension), data_files=name, split="train")
-    return load_dataset(name, split="train")
+    from trl_rfm.data.raw import load_raw_split
 
-
-def personalisation_summary(policy, tokenizer, reward, prompts, user_ids, samples_per_prompt, max_new_tokens, seed):
-    """Per user: their own mean reward of the policy's samples and how often the samples contain the marker word."""
-    import torch
-
-    from trl_rfm import sample_candidates
-    from trl_rfm.testing.marker_task import MARKER_WORD
-
-    torch.manual_seed(seed)
-    candidates = sample_candidates(policy, tokenizer, prompts, samples_per_prompt, max_new_tokens, batch_size=8)
-    flat = [(p, c, u) for p, options, u in zip(prompts, candidates, user_ids) for c in options]
-    rewards = reward.score(*map(list, zip(*flat))).tolist()
-    summary = {}
-    for (_, completion, user), value in zip(flat, rewards):
-        text = completion if isinstance(completion, str) else completion[-1]["content"]
-        entry = summary.setdefault(user, {"reward": [], "marker": []})
-        entry["reward"].append(value)
-        entry["marker"].append(MARKER_WORD in text.split())
-    return {u: {k: sum(v) / len(v) for k, v in e.items()} for u, e in summary.items()}
-
-
-def print_summary(before: dict, after: dict, show_marker: bool) -> None:
-    from trl_rfm.testing.marker_task import MARKER_WORD
-
-    header = f"{'user':<16} {'own reward before':>18} {'after':>8}"
-    header += f" {repr(MARKER_WORD) + ' rate before':>20} {'after':>6}" if show_marker else ""
-    print("\nPersonalisation: the policy's samples scored by each user's own reward\n" + header)
-    for user in before:
-        b, a = before[user], after[user]
-        line = f"{user:<16} {b['reward']:>+18.3f} {a['reward']:>+8.3f}"
-        line += f" {b['marker']:>20.0%} {a['marker']:>6.0%}" if show_marker else ""
-        print(line)
-
+    return load_raw_split(script_args.dataset_name, split="train")
 
 
 def main(script_args: RelabelScriptArguments, training_args) -> dict:
@@ -149,6 +116,8 @@ def main(script_args: RelabelScriptArguments, training_args) -> dict:
     from trl import DPOTrainer
 
     from trl_rfm import PersonalizedReward, RewardFeatureModel, relabel_preferences, sample_candidates
+    from trl_rfm.rewards.policy_summary import format_policy_summary, personalized_policy_summary
+    from trl_rfm.testing.marker_task import MARKER_WORD
 
     ################
     # Reward model and policy
@@ -189,8 +158,11 @@ def main(script_args: RelabelScriptArguments, training_args) -> dict:
             counts[user] = counts.get(user, 0) + 1
             eval_rows.append((prompt, user))
     eval_prompts, eval_users = map(list, zip(*eval_rows))
+    marker_word = MARKER_WORD if script_args.model_name_or_path is None else None
     summary_args = (script_args.eval_samples_per_prompt, script_args.max_new_tokens, training_args.seed)
-    before = personalisation_summary(policy, tokenizer, reward, eval_prompts, eval_users, *summary_args)
+    before = personalized_policy_summary(
+        policy, tokenizer, reward, eval_prompts, eval_users, *summary_args, marker_word=marker_word
+    )
 
     if "completions" in prompts.column_names:
         candidates = prompts["completions"]
@@ -225,9 +197,11 @@ def main(script_args: RelabelScriptArguments, training_args) -> dict:
     # Before / after, per user
     ################
     policy = trainer.accelerator.unwrap_model(trainer.model)
-    after = personalisation_summary(policy, tokenizer, reward, eval_prompts, eval_users, *summary_args)
+    after = personalized_policy_summary(
+        policy, tokenizer, reward, eval_prompts, eval_users, *summary_args, marker_word=marker_word
+    )
     if trainer.accelerator.is_main_process:
-        print_summary(before, after, show_marker=script_args.model_name_or_path is None)
+        print("\n" + format_policy_summary(before, after, marker_word))
     return {"before": before, "after": after}
 
 
