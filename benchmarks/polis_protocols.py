@@ -73,9 +73,9 @@ def _run_job(args: ProtocolArguments, protocol: str, seed: int, method: str) -> 
         in_length_order,
         tokenize_preferences,
     )
+    from trl_rfm.adaptation.solver import fit_user_weights
     from trl_rfm.data import load_polis_votes, polis_evaluation_parts
     from trl_rfm.evaluation import draw_adaptation_sets, per_rater_accuracy
-    from trl_rfm.adaptation.solver import fit_user_weights
     from trl_rfm.testing import build_tokenizer
     from trl_rfm.testing.from_scratch import ModelArguments, train_reward_model, train_rfm
 
