@@ -51,7 +51,7 @@ class ProtocolArguments:
     conversations: str | None = field(default=None, metadata={"help": "Comma-separated conversations (default all)."})
     max_users: int | None = field(default=None, metadata={"help": "Keep this many participants (smoke runs)."})
     protocols: str = field(
-        default="h64_e1_b32_lr1e-3,h128_e1_b32_lr1e-3,h64_e3_b32_lr1e-3,h64_e1_b64_lr3e-3",
+        default="h64_e1_b32_lr1e-3,h128_e1_b32_lr1e-3,h64_e3_b64_lr1e-3,h64_e1_b64_lr3e-3",
         metadata={"help": "Comma-separated protocols `h<hidden>_e<epochs>_b<batch pairs>_lr<lr>`."},
     )
     seeds: str = field(default="0,1,2", metadata={"help": "Comma-separated participant splits."})

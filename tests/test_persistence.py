@@ -302,6 +302,11 @@ def _trainer(output_dir, data, tokenizer, lm_path, lora=False, **overrides):
         learning_rate=3e-3,
         user_weights_learning_rate=3e-2,
         max_steps=8,
+        # `learned` stores the rows themselves: a resumed run is then bit-exact. The default `hierarchical` table
+        # stores offsets, rebuilt as `w_u - w_pop` from the user file's rows (1 ulp), which 4 more Adam steps amplify
+        # to ~1e-6; its save/load round trip itself is exact to 1e-6 (tests/test_hierarchical_users.py).
+        population_weights="learned",
+        feature_normalization="rms",
         save_strategy="steps",
         save_steps=4,
         seed=0,

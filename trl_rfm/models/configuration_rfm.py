@@ -84,6 +84,12 @@ class RewardFeatureConfig(PreTrainedConfig):
                 "`num_features=1` with `feature_normalization='rms'` would reduce every feature to its sign; use "
                 "`feature_normalization='none'` for a single feature (a plain Bradley-Terry reward model)."
             )
+        if self.num_features <= 2 and self.feature_normalization == "layernorm":
+            raise ValueError(
+                f"`num_features={self.num_features}` with `feature_normalization='layernorm'` would leave at most one "
+                "feature's sign (a centred vector of 1 or 2 entries has no other freedom); use "
+                "`feature_normalization='none'` (or 'rms' for 2 features)."
+            )
         if self.num_users < 0:
             raise ValueError(f"`num_users` must be >= 0, got {self.num_users}.")
 

@@ -335,7 +335,12 @@ class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
         head = locate_feature_head(pretrained_model_name_or_path, hub_kwargs, kwargs.get("variant"))
         check_feature_dimension(head, config.num_features, "its config.json")
         if head.is_adapter:
-            model_kwargs = {k: v for k, v in kwargs.items() if k not in (*HUB_KWARGS, "config", "adapter_kwargs")}
+            # The Auto classes add private flags (`_from_auto`, ...) that the trunk's own Auto loading adds again.
+            model_kwargs = {
+                k: v
+                for k, v in kwargs.items()
+                if k not in (*HUB_KWARGS, "config", "adapter_kwargs") and not k.startswith("_")
+            }
             return save_load.load_peft_reward_feature_model(
                 cls,
                 pretrained_model_name_or_path,

@@ -18,11 +18,15 @@ class RFMConfig(RewardConfig):
 
         num_features (`int`, *optional*, defaults to `32`):
             Number `d` of reward features.
-        feature_normalization (`str`, *optional*, defaults to `"rms"`):
-            `"rms"` rescales features to unit root-mean-square, fixing the feature/weight scale ambiguity; `"none"`
-            leaves them free.
-        population_weights (`str`, *optional*, defaults to `"learned"`):
-            `"learned"`: weights trained on every comparison, for unknown users; `"mean"`: the mean user row.
+        feature_normalization (`str`, *optional*, defaults to `"layernorm"`):
+            `"layernorm"` centres each feature vector and scales it to unit variance (the component shared by all
+            features, which one direction of the weights could read as the consensus, is removed); `"rms"` only
+            rescales to unit root-mean-square; `"none"` leaves them free (needed for `num_features <= 2`).
+        population_weights (`str`, *optional*, defaults to `"hierarchical"`):
+            `"hierarchical"`: `w_u = w_pop + delta_u`, the prior on the offsets `delta_u`, and `w_pop` learned through
+            every user's comparisons (no loss of its own); `"learned"`: a separate vector with its own Bradley-Terry
+            loss on every comparison; `"mean"`: the mean user row. The defaults (`layernorm`, `hierarchical`) are the
+            ones that personalise on vote-derived Polis pairs without flags (docs/results.md, section 1.1).
         pooling (`str`, *optional*, defaults to `"auto"`):
             Hidden states read by the feature head: `"last"` (last attended token; causal LMs), `"cls"` (first token)
             or `"mean"` (mean over attended tokens) for encoders such as BERT/RoBERTa/DeBERTa; `"auto"`: `"mean"` for
@@ -66,17 +70,18 @@ class RFMConfig(RewardConfig):
 
     num_features: int = field(default=32, metadata={"help": "Number `d` of reward features."})
     feature_normalization: str = field(
-        default="rms",
+        default="layernorm",
         metadata={
-            "help": "`rms` rescales features to unit root-mean-square (fixes the feature/weight scale ambiguity); "
-            "`none` leaves them free.",
+            "help": "`layernorm` centres and scales each feature vector (fixes the feature/weight scale ambiguity and "
+            "removes the component shared by all features); `rms` only rescales; `none` leaves them free.",
             "choices": list(FEATURE_NORMALIZATIONS),
         },
     )
     population_weights: str = field(
-        default="learned",
+        default="hierarchical",
         metadata={
-            "help": "`learned`: weights trained on every comparison, used for unknown users; `mean`: the mean user row.",
+            "help": "`hierarchical`: w_u = w_pop + delta_u, w_pop learned through every user's comparisons; `learned`: "
+            "a vector with a loss of its own on every comparison; `mean`: the mean user row.",
             "choices": list(POPULATION_WEIGHTS),
         },
     )
