@@ -19,6 +19,7 @@ their `val` pairs, and the effective dimension of the features over all statemen
 
     python benchmarks/polis_protocols.py                                   # all protocols, 3 splits, 200 pairs each
     python benchmarks/polis_protocols.py --protocols h64_e1_b32_lr1e-3 --seeds 0 --max_train_pairs_per_user 50
+    python benchmarks/polis_protocols.py --merge runs/s0/results.json,runs/s1/results.json   # splits run apart
 
 A protocol is `h<hidden>_e<epochs>_b<pairs per batch>_lr<learning rate>`.
 """
@@ -60,6 +61,11 @@ class ProtocolArguments:
     num_draws: int = field(default=5, metadata={"help": "Random draws of the k adaptation pairs."})
     num_workers: int = field(default=2, metadata={"help": "Parallel jobs (processes of one thread each); 1: inline."})
     output_dir: str = field(default="runs/polis_protocols", metadata={"help": "Where results.json is written."})
+    merge: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated results.json files of earlier runs (e.g. one per split): summarise them "
+                  "together into `output_dir`, training nothing."},
+    )
 
 
 def _run_job(args: ProtocolArguments, protocol: str, seed: int, method: str) -> dict:
@@ -190,19 +196,7 @@ def print_table(summary: dict, shots: list[int]) -> None:
     Console().print(table)
 
 
-def main(args: ProtocolArguments) -> dict:
-    start = time.time()
-    protocols = args.protocols.split(",")
-    for protocol in protocols:
-        if not PROTOCOL.match(protocol):
-            raise ValueError(f"Protocol {protocol!r} is not of the form h<hidden>_e<epochs>_b<batch>_lr<lr>.")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    jobs = [(args, p, s, m) for p in protocols for s in seeds for m in ("rfm", "rm")]
-    if args.num_workers <= 1:
-        results = [_run_job(*job) for job in jobs]
-    else:
-        with multiprocessing.get_context("spawn").Pool(min(args.num_workers, len(jobs))) as pool:
-            results = pool.starmap(_run_job, jobs, chunksize=1)
+def _write_report(args: ProtocolArguments, results: list[dict], start: float) -> dict:
     shots = [int(k) for k in args.shots.split(",")]
     for result in results:  # JSON keys are strings
         if "curves" in result:
@@ -214,6 +208,28 @@ def main(args: ProtocolArguments) -> dict:
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump(report, f, indent=1, default=float)
     return report
+
+
+def main(args: ProtocolArguments) -> dict:
+    start = time.time()
+    if args.merge:
+        results = []
+        for path in args.merge.split(","):
+            with open(path) as f:
+                results += json.load(f)["jobs"]
+        return _write_report(args, results, start)
+    protocols = args.protocols.split(",")
+    for protocol in protocols:
+        if not PROTOCOL.match(protocol):
+            raise ValueError(f"Protocol {protocol!r} is not of the form h<hidden>_e<epochs>_b<batch>_lr<lr>.")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    jobs = [(args, p, s, m) for p in protocols for s in seeds for m in ("rfm", "rm")]
+    if args.num_workers <= 1:
+        results = [_run_job(*job) for job in jobs]
+    else:
+        with multiprocessing.get_context("spawn").Pool(min(args.num_workers, len(jobs))) as pool:
+            results = pool.starmap(_run_job, jobs, chunksize=1)
+    return _write_report(args, results, start)
 
 
 if __name__ == "__main__":

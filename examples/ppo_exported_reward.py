@@ -28,7 +28,7 @@ python -m venv --system-site-packages ~/.cache/trl-rfm/venv-trl-1.12
 The reward model is `ppo-rfm/reward_model_<user_id>`, the starting policy `ppo-rfm/initial_policy`, the prompts
 `ppo-rfm/prompts.jsonl`, the trained policy `ppo-rfm/ppo_policy`. Models trained with `feature_normalization="none"`
 (what the export stage trains by default) export to the trunk's stock class (e.g. `LlamaForSequenceClassification`);
-RFMs with the default RMS-normalised features need `--score_head normalized` (a small remote-code head, loaded with
+RFMs with the default normalised features (`layernorm`) need `--score_head normalized` (a small remote-code head, loaded with
 `trust_remote_code=True`), see `docs/policy.md`:
 
 ```

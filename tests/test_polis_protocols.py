@@ -46,6 +46,14 @@ def test_summary_pairs_each_raters_rfm_accuracy_with_the_rm(tmp_path):
     assert 1 <= row["effective_dimension"] <= 32
     assert os.path.isfile(tmp_path / "results.json")
 
+    # Splits run apart and merged summarise as one run: the same split twice counts once, with the same gains.
+    merged = polis_protocols.main(
+        polis_protocols.ProtocolArguments(
+            merge=str(tmp_path / "results.json"), shots="0,5", output_dir=str(tmp_path / "merged")
+        )
+    )
+    assert merged["summary"]["h16_e1_b8_lr3e-3"]["gain_k5"] == pytest.approx(row["gain_k5"])
+
 
 def test_a_malformed_protocol_is_named():
     with pytest.raises(ValueError, match="h64_e1"):

@@ -6,7 +6,7 @@ The export is the trunk's own sequence-classification architecture (a Llama trun
 the last non-pad token and applies a linear head, which is exactly `r_u = phi · w_u` when the features are linear in
 the last hidden state, i.e. for models trained with `feature_normalization="none"`.
 
-RMS-normalised features (`feature_normalization="rms"`, the default) are not linear in the hidden state:
+Normalised features (`"layernorm"`, the trainer's default, or `"rms"`) are not linear in the hidden state:
 `r_u = sqrt(d) · (w_u^T A x) / ||A x||` with `A = W_head diag(gamma)` and `x` the residual stream before the trunk's
 final RMSNorm. A stock head can only see `x / ||x||` after that norm, and re-parameterising the residual stream cannot
 turn `||x||` into `||A x||` (RMSNorm commutes only with orthogonal maps, which preserve `||x||`, and `A` has rank
