@@ -18,6 +18,7 @@ Runs in about a minute per configuration on one CPU core:
 ```bash
 python benchmarks/polis_factorization_control.py                                   # full batch + trainer recipe
 python benchmarks/polis_factorization_control.py --optimizer minibatch --learning_rate 3e-2 --feature_covariance_l2 0
+python benchmarks/polis_factorization_control.py --optimizer full_batch --split protocols --precisions 3,10,30
 ```
 
 Data: Polis (compdemocracy.org/polis), CC BY 4.0, The Computational Democracy Project; pairs derived from votes.
@@ -49,6 +50,10 @@ DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 @dataclass
 class FactorizationArguments:
     optimizer: str = field(default="full_batch,minibatch", metadata={"help": "`full_batch`, `minibatch` or both."})
+    split: str = field(
+        default="benchmark",
+        metadata={"help": "`benchmark` (polis_benchmark.py's split) or `protocols` (polis_protocols.py's split)."},
+    )
     seed: int = field(default=0, metadata={"help": "Split seed (the same split as `polis_benchmark.py --seeds`)."})
     data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Folder of the Polis conversations."})
     num_features: int = field(default=32, metadata={"help": "Feature dimension d."})
@@ -160,7 +165,15 @@ def heldout_curves(model, parts, pairs, precisions, seed):
 
 def main(args: FactorizationArguments) -> list[dict]:
     torch.set_num_threads(1)
-    parts = polis_evaluation_parts(load_polis_votes(args.data_dir), seed=args.seed)  # the Polis benchmark's split
+    if args.split == "protocols":  # benchmarks/polis_protocols.py's split (200 pairs per participant, 70/30)
+        parts = polis_evaluation_parts(
+            load_polis_votes(args.data_dir), args.seed, max_train_pairs_per_user=200, max_val_pairs_per_user=64,
+            heldout_adaptation_fraction=0.7, max_adaptation_pairs_per_user=100,
+        )  # fmt: skip
+    elif args.split == "benchmark":  # benchmarks/polis_benchmark.py's split
+        parts = polis_evaluation_parts(load_polis_votes(args.data_dir), seed=args.seed)
+    else:
+        raise ValueError(f"Unknown split {args.split!r}: expected `benchmark` or `protocols`.")
     pairs, num_statements = statement_pairs(parts)
     participants = sorted(set(parts["train"]["user_id"]))
     row = {u: i for i, u in enumerate(participants)}
