@@ -207,7 +207,22 @@ def _write_report(args: ProtocolArguments, results: list[dict], start: float) ->
     report = {"arguments": asdict(args), "summary": summary, "jobs": results, "wall_seconds": time.time() - start}
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump(report, f, indent=1, default=float)
+    with open(os.path.join(args.output_dir, "table.md"), "w") as f:
+        f.write(markdown_table(summary, shots))
     return report
+
+
+def markdown_table(summary: dict, shots: list[int]) -> str:
+    """The summary as the Markdown table of docs/results.md (points; training seconds per model, RFM / RM)."""
+    header = ["protocol", "splits", "RM acc.", *[f"k={k}" for k in shots], "own rows", "eff. dim", "train s (RFM / RM)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for protocol, row in summary.items():
+        gains = [f"{100 * row[f'gain_k{k}'][0]:+.1f} ± {100 * row[f'gain_k{k}'][1]:.1f}" for k in shots]
+        seconds = f"{row['train_seconds']['rfm']:.0f} / {row['train_seconds']['rm']:.0f}"
+        cells = [f"`{protocol}`", str(row["splits"]), f"{100 * row['rm_accuracy'][0]:.1f}", *gains,
+                 f"{100 * row['own_row_gain']:+.1f}", f"{row['effective_dimension']:.1f}", seconds]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(args: ProtocolArguments) -> dict:

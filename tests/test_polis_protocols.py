@@ -53,6 +53,8 @@ def test_summary_pairs_each_raters_rfm_accuracy_with_the_rm(tmp_path):
         )
     )
     assert merged["summary"]["h16_e1_b8_lr3e-3"]["gain_k5"] == pytest.approx(row["gain_k5"])
+    table = (tmp_path / "merged" / "table.md").read_text()
+    assert f"{100 * row['gain_k5'][0]:+.1f} ± {100 * row['gain_k5'][1]:.1f}" in table.splitlines()[2]
 
 
 def test_a_malformed_protocol_is_named():
