@@ -28,6 +28,10 @@ def test_config_is_a_reward_model_config():
     assert config.num_labels == 1  # TRL's RewardTrainer requires it
     with pytest.raises(ValueError, match="num_features=1"):
         RewardFeatureConfig(num_features=1)
+    for num_features in (1, 2):  # a centred vector of 1 or 2 entries keeps at most one sign
+        with pytest.raises(ValueError, match=f"num_features={num_features}.*layernorm"):
+            RewardFeatureConfig(num_features=num_features, feature_normalization="layernorm")
+    assert RewardFeatureConfig(num_features=3, feature_normalization="layernorm").num_features == 3
     with pytest.raises(ValueError, match="population_weights"):
         RewardFeatureConfig(population_weights="median")
 
