@@ -3,7 +3,7 @@ The Reward Feature Model (Barreto et al., 2025, "Capturing Individual Human Pref
 
     tokens ──► backbone (causal LM or encoder, optionally LoRA) ──► h [B, H]   pooled: last real token (causal LMs),
                                                                             mean or [CLS] (encoders), `config.pooling`
-    h      ──► feature_head Linear(H, d), RMS-normalised  ──► phi    [B, d]   reward features
+    h      ──► feature_head Linear(H, d), normalised     ──► phi    [B, d]   reward features
     phi    ──► user_weights W[u]                          ──► r_u = phi · W[u]   [B]
 
 Every user shares `phi`; a user is a `d`-vector. Scoring U users on the same responses costs one backbone pass
