@@ -165,11 +165,13 @@ def heldout_curves(model, parts, pairs, precisions, seed):
 
 def main(args: FactorizationArguments) -> list[dict]:
     torch.set_num_threads(1)
-    if args.split == "protocols":  # benchmarks/polis_protocols.py's split (200 pairs per participant, 70/30)
+    if args.split == "protocols":  # benchmarks/polis_protocols.py's split, at its default training cap
+        from polis_protocols import HELD_OUT_SPLIT, ProtocolArguments
+
+        cap = ProtocolArguments.max_train_pairs_per_user
         parts = polis_evaluation_parts(
-            load_polis_votes(args.data_dir), args.seed, max_train_pairs_per_user=200, max_val_pairs_per_user=64,
-            heldout_adaptation_fraction=0.7, max_adaptation_pairs_per_user=100,
-        )  # fmt: skip
+            load_polis_votes(args.data_dir), args.seed, max_train_pairs_per_user=cap, **HELD_OUT_SPLIT
+        )
     elif args.split == "benchmark":  # benchmarks/polis_benchmark.py's split
         parts = polis_evaluation_parts(load_polis_votes(args.data_dir), seed=args.seed)
     else:

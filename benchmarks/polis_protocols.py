@@ -43,6 +43,10 @@ from transformers import HfArgumentParser  # noqa: E402
 
 
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "polis")
+# How every split of this benchmark treats the votes besides the training cap: `val` pairs per training participant,
+# held-out participants' votes 70/30 into adaptation pool / test, and the pool's cap (also used by
+# polis_factorization_control.py --split protocols).
+HELD_OUT_SPLIT = dict(max_val_pairs_per_user=64, heldout_adaptation_fraction=0.7, max_adaptation_pairs_per_user=100)
 PROTOCOL = re.compile(r"^h(\d+)_e([\d.]+)_b(\d+)_lr([\d.e-]+)$")
 
 
@@ -98,10 +102,7 @@ def _run_job(args: ProtocolArguments, protocol: str, seed: int, method: str) -> 
         kept = set(sorted(set(votes["user_id"]))[: args.max_users])
         votes = votes.filter(lambda row: row["user_id"] in kept)
     texts = sorted(set(votes["statement"]) | set(votes["topic"]))
-    parts = polis_evaluation_parts(
-        votes, seed, max_train_pairs_per_user=args.max_train_pairs_per_user, max_val_pairs_per_user=64,
-        heldout_adaptation_fraction=0.7, max_adaptation_pairs_per_user=100,
-    )  # fmt: skip
+    parts = polis_evaluation_parts(votes, seed, max_train_pairs_per_user=args.max_train_pairs_per_user, **HELD_OUT_SPLIT)
     tokenizer = build_tokenizer(texts + [" :"])
     cache = {}
     names = ("train", "val", "heldout_adaptation", "heldout_test")

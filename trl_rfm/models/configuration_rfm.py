@@ -9,6 +9,7 @@ from .pooling import POOLINGS
 
 
 FEATURE_NORMALIZATIONS = ("layernorm", "rms", "none")
+MIN_NORMALIZED_FEATURES = {"rms": 2, "layernorm": 3}  # fewest features each normalisation leaves more than a sign
 POPULATION_WEIGHTS = ("hierarchical", "learned", "mean")
 
 
@@ -79,16 +80,14 @@ class RewardFeatureConfig(PreTrainedConfig):
             raise ValueError(f"`pooling` must be one of {POOLINGS}, got {self.pooling!r}.")
         if self.num_features < 1:
             raise ValueError(f"`num_features` must be >= 1, got {self.num_features}.")
-        if self.num_features == 1 and self.feature_normalization == "rms":
+        # Normalising fewer features than this leaves only a sign: RMS keeps the direction of 1 feature (its sign),
+        # LayerNorm also removes the mean, so 2 centred features are one sign as well.
+        fewest = MIN_NORMALIZED_FEATURES.get(self.feature_normalization, 1)
+        if self.num_features < fewest:
             raise ValueError(
-                "`num_features=1` with `feature_normalization='rms'` would reduce every feature to its sign; use "
-                "`feature_normalization='none'` for a single feature (a plain Bradley-Terry reward model)."
-            )
-        if self.num_features <= 2 and self.feature_normalization == "layernorm":
-            raise ValueError(
-                f"`num_features={self.num_features}` with `feature_normalization='layernorm'` would leave at most one "
-                "feature's sign (a centred vector of 1 or 2 entries has no other freedom); use "
-                "`feature_normalization='none'` (or 'rms' for 2 features)."
+                f"`num_features={self.num_features}` with `feature_normalization='{self.feature_normalization}'` "
+                f"would reduce the features to a sign (at least {fewest} are needed); use "
+                "`feature_normalization='none'` for so few features (with 1, a plain Bradley-Terry reward model)."
             )
         if self.num_users < 0:
             raise ValueError(f"`num_users` must be >= 0, got {self.num_users}.")
