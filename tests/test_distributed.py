@@ -206,3 +206,28 @@ def test_deepspeed_zero3_lora_two_processes_match_one(reference_lora, tiny_lm_pa
     output_dir = train_two_processes(launcher, tiny_lm_path, tmp_path / "zero3-lora", [*extra, *LORA])
     assert (output_dir / "adapter_model.safetensors").is_file()
     assert_same_training(reference_lora, output_dir)
+
+
+# Issue 17: a launch sometimes aborted at exit (rank 1: "terminate called without an active exception") after a good
+# save. A script that does not call `end_training()` must still exit 0 every time, under the environment in which the
+# abort was seen; DDP 10 times, each DeepSpeed stage twice (each launch is ~10 s of both cores).
+EXIT_SCRIPT = REPO / "tests" / "fixtures" / "train_save_exit.py"
+EXIT_ENV = {"TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.mark.parametrize(("launcher", "repeats"), [(DDP, 10), (ZERO2, 2), (ZERO3, 2)], ids=["ddp", "zero2", "zero3"])
+def test_two_process_launches_exit_cleanly_after_saving(launcher, repeats, tiny_lm_path, tmp_path, monkeypatch):
+    for name, value in EXIT_ENV.items():
+        monkeypatch.setenv(name, value)
+    (launch_options, extra), failures = launcher, []
+    for attempt in range(repeats):
+        launch = [sys.executable, "-m", "accelerate.commands.launch", *launch_options, "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                  "--main_process_port", _free_port()]  # fmt: skip
+        output_dir = tmp_path / f"run-{attempt}"
+        extra_args = ["--ddp_backend", "gloo"] if "--ddp_backend" in extra else []
+        try:
+            _run([*launch, str(EXIT_SCRIPT), tiny_lm_path, str(output_dir), *extra_args], output_dir, threads=1)
+        except AssertionError as error:
+            failures.append(f"launch {attempt}: {str(error)[-1500:]}")
+    assert not failures, f"{len(failures)} of {repeats} launches failed:\n" + "\n".join(failures)

@@ -238,10 +238,11 @@ def test_user_table_has_its_own_learning_rate_and_no_weight_decay(tmp_path, synt
     assert all(p is not table for p in others)
 
 
-def test_user_table_learning_rate_defaults_to_ten_times_the_backbone_rate(
-    tmp_path, synthetic_strong, tokenizer, tiny_lm
+@pytest.mark.parametrize(("backbone_rate", "table_rate"), [(2e-4, 2e-3), (1e-3, 1e-2), (3e-3, 1e-2)])
+def test_user_table_learning_rate_defaults_to_ten_times_the_backbone_rate_at_most_1e_2(
+    tmp_path, synthetic_strong, tokenizer, tiny_lm, backbone_rate, table_rate
 ):
-    args = _args(tmp_path, learning_rate=2e-4)
+    args = _args(tmp_path, learning_rate=backbone_rate)
     args.user_weights_learning_rate = None
     trainer = RFMRewardTrainer(
         model=tiny_lm, args=args, train_dataset=synthetic_strong.train, processing_class=tokenizer
@@ -249,7 +250,7 @@ def test_user_table_learning_rate_defaults_to_ten_times_the_backbone_rate(
     optimizer = trainer.create_optimizer()
     table = trainer.model.user_weights.weight
     (group,) = [g for g in optimizer.param_groups if any(p is table for p in g["params"])]
-    assert group["lr"] == pytest.approx(2e-3)
+    assert group["lr"] == pytest.approx(table_rate)
 
 
 def test_feature_head_learning_rate_keeps_weight_decay_of_its_groups(tmp_path, synthetic_strong, tokenizer, tiny_lm):

@@ -154,6 +154,14 @@ class RFMCheckpointingMixin:
         with saving_in_rfm_layout(model, self._build_model_card):
             return super()._save(output_dir, state_dict)
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`, returning on every rank only once the main process has written the model: the
+        other ranks would otherwise go on (to read the folder, or to exit and tear down the process group) while
+        the files are still being written."""
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call:  # a checkpoint's save goes on with the optimizer state; transformers syncs after it
+            self.accelerator.wait_for_everyone()
+
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """`Trainer.train`; `resume_from_checkpoint=True` resumes from the last *complete* checkpoint (one whose save
         was interrupted, without `trainer_state.json`, is skipped with a warning), and a given checkpoint that is

@@ -53,10 +53,13 @@ class RFMConfig(RewardConfig):
             Weight of the Bradley-Terry loss of the population weights on every comparison (with
             `population_weights="learned"` and at least one user).
         user_weights_learning_rate (`float`, *optional*):
-            Learning rate of the user table and the population weights; `None` means `10 * learning_rate`. A user's
-            row is updated only in the steps whose batch holds one of their comparisons, while the features are
-            updated in every step: at the backbone's learning rate the rows lag behind the features they are read
-            with (on synthetic raters this costs up to 10 points, see `docs/results.md`).
+            Learning rate of the user table and the population weights; `None` means `10 * learning_rate`, at most
+            `1e-2`. A user's row is updated only in the steps whose batch holds one of their comparisons, while the
+            features are updated in every step: at the backbone's learning rate the rows lag behind the features
+            they are read with (on synthetic raters this costs up to 10 points, see `docs/results.md`). The cap:
+            the rows weigh normalised features of a fixed scale, so their step size need not grow with the
+            backbone's; at a 3e-3 backbone rate, 3e-2 collapsed the features on Polis and 1e-2 did not
+            (`docs/results.md` section 1.1).
         feature_head_learning_rate (`float`, *optional*):
             Learning rate of the feature head `Linear(H, d)`; `None` means `learning_rate`. The head is new and mixes
             the backbone's state into the `d` features, where raters' differences have to be represented: on Polis
@@ -123,8 +126,8 @@ class RFMConfig(RewardConfig):
     user_weights_learning_rate: float | None = field(
         default=None,
         metadata={
-            "help": "Learning rate of the user table and population weights; `None` means 10 x `learning_rate` (rows "
-            "are updated only when their user is in the batch)."
+            "help": "Learning rate of the user table and population weights; `None` means 10 x `learning_rate`, at "
+            "most 1e-2 (rows are updated only when their user is in the batch)."
         },
     )
     feature_head_learning_rate: float | None = field(

@@ -15,6 +15,9 @@ What it changes in TRL's trainer, and why (public methods first, then every priv
 - `log`: adds the per-user (macro) accuracies accumulated during evaluation.
 - `create_optimizer`: the user table gets its own parameter group (its own learning rate, no weight decay: it already
   has its prior), and the feature head its own learning rate when set.
+- `save_model` ([`RFMCheckpointingMixin`]): returns on every rank once the main process has written the model.
+- `__init__` also registers the default process group's destruction at exit (`trainer/process_group.py`), so a rank
+  never tears gloo down during interpreter shutdown.
 - `create_model_card`, `push_to_hub` ([`RFMHubMixin`], `trainer/hub.py`): the RFM's card; the users' weights
   (personal data) left out of uploads unless `push_user_weights=True`.
 
@@ -63,6 +66,7 @@ from ..models.user_table import POPULATION_INDEX, normalize_user_id
 from .checkpointing import RFMCheckpointingMixin
 from .hub import RFMHubMixin
 from .peft_defaults import fill_default_targets
+from .process_group import destroy_process_group_at_exit
 from .rfm_config import RFMConfig
 from .validation import (
     check_preference_columns,
@@ -78,7 +82,8 @@ from .validation import (
 
 DEFAULT_USER_COLUMN = "user_id"
 USER_INDEX = "user_index"
-USER_WEIGHTS_LEARNING_RATE_RATIO = 10.0  # default user-table lr relative to `learning_rate` (see RFMConfig)
+USER_WEIGHTS_LEARNING_RATE_RATIO = 10.0  # default user-table lr relative to `learning_rate` (see RFMConfig) ...
+USER_WEIGHTS_DEFAULT_MAX_LEARNING_RATE = 1e-2  # ... capped: the rows' scale is set by the normalised features
 
 
 def resolve_user_column(dataset: Dataset | IterableDataset, args: RFMConfig) -> str | None:
@@ -238,6 +243,8 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
             peft_config=peft_config,
         )
         self.data_collator = UserIndexCollator(self.data_collator)
+        if not self.accelerator.state.fork_launched:  # a notebook's forked ranks exit without atexit handlers
+            destroy_process_group_at_exit()
         drop_users_without_training_rows(self, self._users_dropped_by_length)
         self._num_users = base_model.num_users
         self._per_user_counts = None  # [users + 1, (personal correct, population correct, pairs)] during evaluation
@@ -417,7 +424,9 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
             # The user table in a group of its own: its prior replaces weight decay, and it needs another lr.
             learning_rate = self.args.user_weights_learning_rate
             if learning_rate is None:
-                learning_rate = USER_WEIGHTS_LEARNING_RATE_RATIO * self.args.learning_rate
+                learning_rate = min(
+                    USER_WEIGHTS_LEARNING_RATE_RATIO * self.args.learning_rate, USER_WEIGHTS_DEFAULT_MAX_LEARNING_RATE
+                )
             _regroup(optimizer, user_parameters, lr=learning_rate, weight_decay=0.0)
         if self.args.feature_head_learning_rate is not None:
             head_parameters = [p for n, p in opt_model.named_parameters() if "feature_head." in n and p.requires_grad]
