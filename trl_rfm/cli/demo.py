@@ -65,7 +65,6 @@ def run_demo(args: DemoArguments) -> dict:
         per_device_train_batch_size=32,
         per_device_eval_batch_size=64,
         learning_rate=3e-3,
-        user_weights_learning_rate=3e-2,
         lr_scheduler_type="cosine",
         warmup_steps=20,
         logging_steps=200,

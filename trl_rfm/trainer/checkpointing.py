@@ -157,7 +157,8 @@ class RFMCheckpointingMixin:
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """`Trainer.save_model`, returning on every rank only once the main process has written the model: the
         other ranks would otherwise go on (to read the folder, or to exit and tear down the process group) while
-        the files are still being written."""
+        the files are still being written. Call it on every rank, as transformers asks for DeepSpeed and FSDP (a
+        script that calls it on the main process only would wait here for the others)."""
         super().save_model(output_dir, _internal_call)
         if not _internal_call:  # a checkpoint's save goes on with the optimizer state; transformers syncs after it
             self.accelerator.wait_for_everyone()
