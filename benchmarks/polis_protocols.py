@@ -67,8 +67,10 @@ class ProtocolArguments:
     output_dir: str = field(default="runs/polis_protocols", metadata={"help": "Where results.json is written."})
     merge: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated results.json files of earlier runs (e.g. one per split): summarise them "
-                  "together into `output_dir`, training nothing."},
+        metadata={
+            "help": "Comma-separated results.json files of earlier runs (e.g. one per split): summarise them "
+            "together into `output_dir`, training nothing."
+        },
     )
 
 
@@ -102,7 +104,9 @@ def _run_job(args: ProtocolArguments, protocol: str, seed: int, method: str) -> 
         kept = set(sorted(set(votes["user_id"]))[: args.max_users])
         votes = votes.filter(lambda row: row["user_id"] in kept)
     texts = sorted(set(votes["statement"]) | set(votes["topic"]))
-    parts = polis_evaluation_parts(votes, seed, max_train_pairs_per_user=args.max_train_pairs_per_user, **HELD_OUT_SPLIT)
+    parts = polis_evaluation_parts(
+        votes, seed, max_train_pairs_per_user=args.max_train_pairs_per_user, **HELD_OUT_SPLIT
+    )
     tokenizer = build_tokenizer(texts + [" :"])
     cache = {}
     names = ("train", "val", "heldout_adaptation", "heldout_test")
@@ -120,7 +124,9 @@ def _run_job(args: ProtocolArguments, protocol: str, seed: int, method: str) -> 
         model, _ = train_rfm(parts["train"], tokenizer, model_args, seed)
         featurize = lambda d: compute_feature_differences(model, tokenizer, d, 256, show_progress=False)  # noqa: E731
     result["train_seconds"] = time.time() - t
-    test_x, test_mask, _ = group_by_user(in_length_order(featurize, parts["heldout_test"]), parts["heldout_test"]["user_id"], users)
+    test_x, test_mask, _ = group_by_user(
+        in_length_order(featurize, parts["heldout_test"]), parts["heldout_test"]["user_id"], users
+    )
     if method == "rm":
         result["accuracy"] = per_rater_accuracy(torch.einsum("upd,d->up", test_x, head), test_mask).tolist()
         return result
@@ -215,7 +221,15 @@ def _write_report(args: ProtocolArguments, results: list[dict], start: float) ->
 
 def markdown_table(summary: dict, shots: list[int]) -> str:
     """The summary as the Markdown table of docs/results.md (points; training seconds per model, RFM / RM)."""
-    header = ["protocol", "splits", "RM acc.", *[f"k={k}" for k in shots], "own rows", "eff. dim", "train s (RFM / RM)"]
+    header = [
+        "protocol",
+        "splits",
+        "RM acc.",
+        *[f"k={k}" for k in shots],
+        "own rows",
+        "eff. dim",
+        "train s (RFM / RM)",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for protocol, row in summary.items():
         gains = [f"{100 * row[f'gain_k{k}'][0]:+.1f} ± {100 * row[f'gain_k{k}'][1]:.1f}" for k in shots]

@@ -110,7 +110,9 @@ def write_ppo_inputs(reward_model, reward_tokenizer, policy_path, user_id, outpu
     export_user_reward_model(reward_model, user_id, path, reward_tokenizer, score_head=score_head)
     make_prompt_dataset([user_id], num_prompts=num_prompts).to_json(os.path.join(output_dir, "prompts.jsonl"))
     with open(os.path.join(output_dir, "export.json"), "w") as f:
-        json.dump({"reward_model": path, "policy": policy_path, "score_head": score_head, "user_id": user_id}, f, indent=2)
+        json.dump(
+            {"reward_model": path, "policy": policy_path, "score_head": score_head, "user_id": user_id}, f, indent=2
+        )
     print(f"Exported the reward of {user_id!r} to {path}; policy: {policy_path}")
 
 
@@ -148,13 +150,21 @@ def ppo_stage(script_args: ScriptArguments, training_args) -> None:
         train_dataset=dataset,
     )
     prompts = dataset["input_ids"][: script_args.num_eval_prompts]
-    summary_args = (tokenizer, reward_model, prompts, script_args.eval_samples_per_prompt, training_args.response_length)
+    summary_args = (
+        tokenizer,
+        reward_model,
+        prompts,
+        script_args.eval_samples_per_prompt,
+        training_args.response_length,
+    )
     before = reward_summary(policy, *summary_args, seed=training_args.seed)
     trainer.train()
     trainer.save_model(training_args.output_dir)
     with open(os.path.join(training_args.output_dir, "log_history.json"), "w") as f:
         json.dump(trainer.state.log_history, f, indent=2)
-    after = reward_summary(trainer.accelerator.unwrap_model(trainer.model).policy, *summary_args, seed=training_args.seed)
+    after = reward_summary(
+        trainer.accelerator.unwrap_model(trainer.model).policy, *summary_args, seed=training_args.seed
+    )
     if trainer.accelerator.is_main_process:
         print(f"\nUser {exported.get('user_id', '?')!r}: the policy's samples scored by the exported reward")
         print(f"{'':<8} {'reward':>8} {'marker rate':>12}")

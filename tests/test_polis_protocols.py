@@ -12,7 +12,9 @@ import pytest
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-spec = importlib.util.spec_from_file_location("polis_protocols", os.path.join(HERE, "..", "benchmarks", "polis_protocols.py"))
+spec = importlib.util.spec_from_file_location(
+    "polis_protocols", os.path.join(HERE, "..", "benchmarks", "polis_protocols.py")
+)
 polis_protocols = importlib.util.module_from_spec(spec)
 sys.modules["polis_protocols"] = polis_protocols  # dataclasses look their module up
 spec.loader.exec_module(polis_protocols)

@@ -6,7 +6,10 @@ import sys
 
 
 COMMANDS = {
-    "reward": ("trl_rfm.cli.reward", "Train a (personalised) reward model: `trl reward`'s flags and --config recipes."),
+    "reward": (
+        "trl_rfm.cli.reward",
+        "Train a (personalised) reward model: `trl reward`'s flags and --config recipes.",
+    ),
     "demo": ("trl_rfm.cli.demo", "Train on synthetic raters, adapt held-out ones, print accuracy (offline, CPU)."),
     "adapt": ("trl_rfm.cli.adapt", "Add users to a trained model from a file of their comparisons (few-shot)."),
     "evaluate": ("trl_rfm.cli.evaluate", "Few-shot adaptation of held-out users vs baselines: JSON and plot."),

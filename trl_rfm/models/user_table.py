@@ -225,7 +225,9 @@ class UserVocabularyMixin:
             new_rows = weights[[position[k] for k in new_keys]] if new_keys else weights[:0]
             for key in keys:
                 if key in self._user_index:
-                    self.user_weights.weight[self._user_index[key]] = self.user_weights.to_stored(weights[position[key]])
+                    self.user_weights.weight[self._user_index[key]] = self.user_weights.to_stored(
+                        weights[position[key]]
+                    )
         if new_keys:
             self.user_weights.resize(self.num_users + len(new_keys), new_rows=new_rows)
             self._set_user_ids(self._user_ids + new_keys)
