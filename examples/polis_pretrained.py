@@ -188,8 +188,8 @@ def main(script_args, training_args, model_args) -> dict:
     prompt = statements["topic"].iloc[0] + " :"
     texts = statements["statement"].tolist()
     phi = compute_response_features(model, tokenizer, [prompt] * len(texts), texts)
-    population = (phi @ model.get_population_weights().float().cpu()).numpy()
-    personal = (phi @ model.get_user_weights([newcomer]).float().cpu()[0]).numpy()
+    population = (phi @ model.get_population_weights().detach().float().cpu()).numpy()
+    personal = (phi @ model.get_user_weights([newcomer]).detach().float().cpu()[0]).numpy()
     theirs = votes[(votes["user_id"] == newcomer) & is_unseen]
     their_votes = dict(zip(theirs["comment_id"], theirs["vote"]))
     rank_of = {i: r for r, i in enumerate(np.argsort(-population))}
