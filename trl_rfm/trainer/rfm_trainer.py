@@ -17,7 +17,7 @@ What it changes in TRL's trainer, and why (public methods first, then every priv
   has its prior), and the feature head its own learning rate when set.
 - `save_model` ([`RFMCheckpointingMixin`]): returns on every rank once the main process has written the model.
 - `__init__` also registers the default process group's destruction at exit (`trainer/process_group.py`), so a rank
-  never tears gloo down during interpreter shutdown.
+  does not leave gloo to interpreter shutdown.
 - `create_model_card`, `push_to_hub` ([`RFMHubMixin`], `trainer/hub.py`): the RFM's card; the users' weights
   (personal data) left out of uploads unless `push_user_weights=True`.
 
