@@ -86,12 +86,16 @@ def train_single_process(model: str, output_dir: Path, extra: list[str] = ()) ->
     return _run([sys.executable, str(SCRIPT), *args], output_dir, threads=2)
 
 
+def two_process_launch(launcher: list[str]) -> list[str]:
+    """`accelerate launch` of 2 CPU processes with `launcher`'s options, on a free port."""
+    return [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", _free_port()]  # fmt: skip
+
+
 def train_two_processes(launcher: list[str], model: str, output_dir: Path, extra: list[str] = ()) -> Path:
-    launch = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", _free_port()]  # fmt: skip
     args = _training_args(model, output_dir, num_processes=2) + list(extra)
-    return _run([*launch, str(SCRIPT), *args], output_dir, threads=1)
+    return _run([*two_process_launch(launcher), str(SCRIPT), *args], output_dir, threads=1)
 
 
 # DDP over gloo: the README's command. DeepSpeed cannot take `--cpu`; `--ddp_backend gloo` makes accelerate set up
@@ -215,7 +219,7 @@ def test_deepspeed_zero3_lora_two_processes_match_one(reference_lora, tiny_lm_pa
 # (each launch is ~10 s of both cores). While the abort is not fixed, this stress run is opt-in
 # (`TRL_RFM_EXIT_STRESS=1`) so that CI does not fail at random on a known bug; the single launches above run always.
 EXIT_SCRIPT = REPO / "tests" / "fixtures" / "train_save_exit.py"
-EXIT_ENV = {"TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
+EXIT_ENV = {"TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}  # `_run` adds TOKENIZERS_PARALLELISM
 
 
 @pytest.mark.skipif(os.environ.get("TRL_RFM_EXIT_STRESS") != "1", reason="issue 17 stress run: TRL_RFM_EXIT_STRESS=1")
@@ -224,14 +228,12 @@ def test_two_process_launches_exit_cleanly_after_saving(launcher, repeats, tiny_
     for name, value in EXIT_ENV.items():
         monkeypatch.setenv(name, value)
     (launch_options, extra), failures = launcher, []
+    gloo_backend = ["--ddp_backend", "gloo"] if "--ddp_backend" in extra else []  # the script's only option
     for attempt in range(repeats):
-        launch = [sys.executable, "-m", "accelerate.commands.launch", *launch_options, "--num_processes", "2",
-                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                  "--main_process_port", _free_port()]  # fmt: skip
         output_dir = tmp_path / f"run-{attempt}"
-        extra_args = ["--ddp_backend", "gloo"] if "--ddp_backend" in extra else []
+        command = [*two_process_launch(launch_options), str(EXIT_SCRIPT), tiny_lm_path, str(output_dir), *gloo_backend]
         try:
-            _run([*launch, str(EXIT_SCRIPT), tiny_lm_path, str(output_dir), *extra_args], output_dir, threads=1)
+            _run(command, output_dir, threads=1)
         except AssertionError as error:
             failures.append(f"launch {attempt}: {str(error)[-1500:]}")
     assert not failures, f"{len(failures)} of {repeats} launches failed:\n" + "\n".join(failures)

@@ -197,12 +197,8 @@ def test_exported_user_scores_equal_r_u(tmp_path, marker_tokenizer, normalizatio
     export_user_reward_model(model, "carol", tmp_path, marker_tokenizer, score_head=score_head)
     if peft:
         assert any("lora_" in name for name, _ in model.named_parameters())  # the caller's model keeps its adapters
-    reloaded = _reload_and_score(
-        tmp_path,
-        reward.tokenize(PROMPTS, COMPLETIONS),
-        not (score_head == "linear" or (score_head == "auto" and normalization == "none")),
-    )
     linear = score_head == "linear" or (score_head == "auto" and normalization == "none")
+    reloaded = _reload_and_score(tmp_path, reward.tokenize(PROMPTS, COMPLETIONS), not linear)
     assert reloaded["class"] == ("LlamaForSequenceClassification" if linear else "UserRewardModel")
     assert reloaded["num_labels"] == 1
     assert (torch.tensor(reloaded["scores"]) - expected).abs().max() <= 1e-4
