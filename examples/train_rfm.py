@@ -29,7 +29,6 @@ python examples/train_rfm.py \
     --per_device_eval_batch_size 64 \
     --num_train_epochs 4 \
     --learning_rate 3e-3 \
-    --user_weights_learning_rate 3e-2 \
     --eval_strategy epoch \
     --bf16 False \
     --use_cpu True
@@ -87,7 +86,6 @@ accelerate launch --multi_gpu --num_processes 2 examples/train_rfm.py \
     --per_device_eval_batch_size 64 \
     --num_train_epochs 4 \
     --learning_rate 3e-3 \
-    --user_weights_learning_rate 3e-2 \
     --eval_strategy epoch \
     --bf16 False \
     --use_cpu True

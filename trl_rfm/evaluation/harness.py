@@ -70,7 +70,12 @@ class AdaptationEvaluationConfig:
     num_features: int = field(default=8, metadata={"help": "Reward features d of the RFM."})
     num_train_epochs: float = field(default=12, metadata={"help": "Training epochs of every model."})
     learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of every model."})
-    user_weights_learning_rate: float = field(default=3e-2, metadata={"help": "Learning rate of the RFM user table."})
+    user_weights_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of the RFM user table; unset: RFMConfig's default (10x `learning_rate`, at most 1e-2)."
+        },
+    )
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size of every model."})
     id_rm_adaptation_epochs: float = field(
         default=4, metadata={"help": "Epochs of fine-tuning id_rm on the held-out users' k pairs."}
@@ -204,9 +209,9 @@ def evaluate_adaptation(
 
     if "rfm" in methods:
         log("Training the Reward Feature Model")
-        rfm_options = dict(
-            num_features=config.num_features, user_weights_learning_rate=config.user_weights_learning_rate
-        )
+        rfm_options = dict(num_features=config.num_features)
+        if config.user_weights_learning_rate is not None:
+            rfm_options["user_weights_learning_rate"] = config.user_weights_learning_rate
         model = train(
             RFMRewardTrainer,
             RFMConfig,
