@@ -7,14 +7,16 @@ Why, from a core dump of the rank that aborted (`terminate called without an act
 a `pt_gloo_runloop` worker thread finished a collective (an all-gather) and, destroying its work object, dropped the
 last reference to a tensor that Python had created; that needs the GIL, but the main thread was already in
 `Py_FinalizeEx`, so `take_gil` ended the worker with `pthread_exit`, whose forced unwind through a `noexcept`
-destructor calls `std::terminate`. The worker threads outlive the script because `destroy_process_group()` stops
-no gloo thread (gloo's `shutdown` is a no-op): they stop only when the `ProcessGroup` object is freed, and it is not
-freed because
+destructor calls `std::terminate`. The worker threads outlive the script because `destroy_process_group()` does not
+stop them (torch 2.13: as many `pt_gloo_runloop` threads after it as before; `tests/test_process_group.py`): they stop
+only when the `ProcessGroup` object is freed, and it is not freed because
 
 - modules imported after `init_process_group` captured the group as a default argument (`group=group.WORLD` in
   `torch.distributed.nn.functional`, `group=GroupMember.WORLD` in `deepspeed.comm.torch.TorchBackend`): defaults are
-  evaluated once, so they hold the group for the life of the process;
-- the trainer and its accelerator hold the DDP wrapper / DeepSpeed engine, which hold it too.
+  evaluated once, so they hold the group for the life of the process; DeepSpeed also keeps groups in module globals
+  (`deepspeed.utils.groups`);
+- the trainer and its accelerator hold the DDP wrapper / DeepSpeed engine (which DeepSpeed's forward hooks on the
+  model keep alive), which hold it too, as do ZeRO-3's partitioned parameters.
 
 At exit (an `atexit` handler: it runs while the interpreter is whole) this module destroys the groups, drops those
 references, and collects them; freeing a `ProcessGroup` from Python releases the GIL and joins its workers, so a
