@@ -99,6 +99,12 @@ class Arguments:
     batch_size: int = field(default=16)
     learning_rate: float = field(default=1e-3)
     lora_r: int = field(default=8)
+    rfm_feature_head_learning_rate: float | None = field(
+        default=None, metadata={"help": "lora/full: RFMConfig.feature_head_learning_rate (unset: library default)."}
+    )
+    rfm_user_weights_learning_rate: float | None = field(
+        default=None, metadata={"help": "lora/full: RFMConfig.user_weights_learning_rate (unset: library default)."}
+    )
     num_threads: int = field(default=1)
     output_dir: str | None = field(default=None, metadata={"help": "Default runs/polis_unseen/<trunk>."})
     merge: str | None = field(default=None, metadata={"help": "Comma-separated output dirs to summarise."})
@@ -287,11 +293,19 @@ def train_lora_or_scratch(parts, args, seed, texts):
         train = tokenize_preferences(train, tokenizer)
         lora = dict(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=["query", "value"], lora_dropout=0.0)
         use_lora = args.trunk == "lora"
+        rfm_overrides = {
+            name: value
+            for name, value in (
+                ("feature_head_learning_rate", args.rfm_feature_head_learning_rate),
+                ("user_weights_learning_rate", args.rfm_user_weights_learning_rate),
+            )
+            if value is not None
+        }
         t = time.time()
         with tempfile.TemporaryDirectory() as out:
             trainer = RFMRewardTrainer(
                 path,
-                args=RFMConfig(output_dir=out, num_features=args.num_features, **common),
+                args=RFMConfig(output_dir=out, num_features=args.num_features, **rfm_overrides, **common),
                 train_dataset=train,
                 processing_class=tokenizer,
                 peft_config=LoraConfig(**lora) if use_lora else None,
