@@ -13,7 +13,6 @@ each loaded in a single process, 1e-3.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 from transformers import AutoTokenizer
 
 from trl_rfm import RewardFeatureModel
-from trl_rfm.testing import make_synthetic_preferences, save_tiny_causal_lm
+from trl_rfm.testing import free_local_port, make_synthetic_preferences, save_tiny_causal_lm
 
 
 pytestmark = pytest.mark.slow
@@ -64,12 +63,6 @@ def _training_args(model: str, output_dir: Path, num_processes: int) -> list[str
     ]  # fmt: skip
 
 
-def _free_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
-
-
 def _run(command: list[str], output_dir: Path, threads: int) -> Path:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads)}
     env["PYTHONFAULTHANDLER"] = "1"  # a rank that aborts (issue 17) prints every thread's Python stack
@@ -90,7 +83,7 @@ def two_process_launch(launcher: list[str]) -> list[str]:
     """`accelerate launch` of 2 CPU processes with `launcher`'s options, on a free port."""
     return [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", _free_port()]  # fmt: skip
+            "--main_process_port", str(free_local_port())]  # fmt: skip
 
 
 def train_two_processes(launcher: list[str], model: str, output_dir: Path, extra: list[str] = ()) -> Path:

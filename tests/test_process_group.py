@@ -9,12 +9,13 @@ would. Then torch's own `destroy_process_group()` leaves the gloo workers runnin
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from trl_rfm.testing import free_local_port
 
 
 SCRIPT = textwrap.dedent(
@@ -48,11 +49,8 @@ def _run(tmp_path, **env) -> list[dict]:
     """One report per rank."""
     script = tmp_path / "script.py"
     script.write_text(SCRIPT)
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(port), str(script)]  # fmt: skip
+               "--master_port", str(free_local_port()), str(script)]  # fmt: skip
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -12,6 +12,7 @@ from .marker_task import (
     prepare_marker_models,
     train_marker_reward_model,
 )
+from .ports import free_local_port
 from .synthetic import SyntheticPreferences, make_synthetic_preferences
 from .tiny_encoders import (
     build_encoder_tokenizer,

@@ -58,10 +58,13 @@ def release_process_groups_at_exit(trainer=None) -> None:
 def end_distributed_run() -> None:
     """Destroys the process groups (if the script has not), frees them, and returns once no gloo worker thread runs."""
     try:
-        for trainer in list(_trainers):  # before the groups go: DeepSpeed's engine.destroy() still reads the rank
-            _drop_wrapped_model(trainer)
+        # Before the groups go: DeepSpeed's engine.destroy() (in accelerate's free_memory) still reads the rank.
+        holders = [holder for trainer in list(_trainers) for holder in _drop_wrapped_model(trainer)]
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+        for holder in holders:
+            _clear_destroyed_groups(getattr(holder, "__dict__", {}))
+        del holders
         with warnings.catch_warnings():  # looking at every module global touches deprecated ones (`dist.reduce_op`)
             warnings.simplefilter("ignore")
             _clear_destroyed_group_references()
@@ -70,23 +73,17 @@ def end_distributed_run() -> None:
         wait_for_idle_gloo_workers()
 
 
-def _drop_wrapped_model(trainer) -> None:
-    """The DDP wrapper, DeepSpeed's engine and optimizer, and ZeRO-3's partitioned parameters hold process groups, and
-    DeepSpeed's forward hooks keep its engine alive: at exit, when nothing trains any more, they let go of the groups.
-    """
+def _drop_wrapped_model(trainer) -> list:
+    """Drops the trainer's references to the DDP wrapper, DeepSpeed's engine and optimizer (DeepSpeed's forward hooks
+    keep its engine alive regardless); returns them with the model's parameters (ZeRO-3: `ds_process_group` and its
+    kin), the objects whose process groups are to be cleared once destroyed. At exit nothing trains any more."""
     holders = [trainer.model_wrapped, trainer.optimizer, getattr(trainer.optimizer, "optimizer", None)]
-    holders += list(trainer.model.parameters())  # ZeRO-3: `ds_process_group` and its kin
+    holders += list(trainer.model.parameters())
     trainer.model_wrapped = trainer.model
     trainer.deepspeed = trainer.optimizer = trainer.lr_scheduler = None
     trainer.callback_handler.optimizer = trainer.callback_handler.lr_scheduler = None
     trainer.accelerator.free_memory()
-    for holder in holders:
-        namespace = getattr(holder, "__dict__", {})
-        for name, value in list(namespace.items()):
-            if isinstance(value, dist.ProcessGroup) or (
-                isinstance(value, list | tuple) and value and all(isinstance(v, dist.ProcessGroup) for v in value)
-            ):
-                namespace[name] = None
+    return holders
 
 
 def _clear_destroyed_group_references() -> None:
@@ -98,10 +95,9 @@ def _clear_destroyed_group_references() -> None:
             continue
         try:  # a third-party module with an exotic namespace must not stop the rest of the exit
             namespace = vars(module)
-            for name, value in list(namespace.items()):  # no getattr on unknown objects: lazy modules import on access
-                if _is_destroyed_group(value):
-                    namespace[name] = None
-                elif isinstance(value, types.FunctionType):
+            _clear_destroyed_groups(namespace)
+            for value in list(namespace.values()):  # no getattr on unknown objects: lazy modules import on access
+                if isinstance(value, types.FunctionType):
                     _clear_defaults(value)
                 elif isinstance(value, type) and vars(value).get("__module__") == module.__name__:
                     for member in list(vars(value).values()):
@@ -111,6 +107,16 @@ def _clear_destroyed_group_references() -> None:
                             _clear_defaults(member)
         except Exception:  # noqa: BLE001
             continue
+
+
+def _clear_destroyed_groups(namespace: dict) -> None:
+    """Sets to `None` the entries of an object's or module's namespace that are destroyed process groups, or lists
+    or tuples of nothing but."""
+    for name, value in list(namespace.items()):
+        if _is_destroyed_group(value) or (
+            isinstance(value, list | tuple) and value and all(_is_destroyed_group(v) for v in value)
+        ):
+            namespace[name] = None
 
 
 def _clear_defaults(function: types.FunctionType) -> None:
