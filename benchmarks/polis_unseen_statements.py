@@ -206,12 +206,14 @@ def train_frozen(emb, parts, index, args, seed):
     """RM head and RFM (feature head + user table + population) on cached embeddings, with RFMRewardTrainer's loss and
     the library's defaults read from `RFMConfig` and the trainer (normalisation, population, prior, learning rates)."""
     from trl_rfm import RFMConfig
-    from trl_rfm.trainer.rfm_trainer import USER_WEIGHTS_DEFAULT_LEARNING_RATE, default_feature_head_learning_rate
+    from trl_rfm.trainer.rfm_trainer import feature_head_learning_rate, user_weights_learning_rate
 
-    defaults = RFMConfig(output_dir=tempfile.gettempdir(), bf16=False, use_cpu=True, report_to="none")
-    hierarchical = defaults.population_weights == "hierarchical"
-    if defaults.population_weights not in ("hierarchical", "learned"):
-        raise NotImplementedError(f"population_weights={defaults.population_weights!r}")
+    lr = args.frozen_learning_rate
+    defaults = RFMConfig(
+        output_dir=tempfile.gettempdir(), learning_rate=lr, bf16=False, use_cpu=True, report_to="none"
+    )
+    if (defaults.population_weights, defaults.feature_normalization) != ("hierarchical", "layernorm"):
+        raise NotImplementedError("this loop implements the hierarchical table on LayerNorm features")
     torch.manual_seed(seed)
     chosen, rejected = pair_index(parts["train"], index)
     users = sorted(set(parts["train"]["user_id"]))
@@ -219,25 +221,24 @@ def train_frozen(emb, parts, index, args, seed):
     uidx = torch.tensor([user_of[u] for u in parts["train"]["user_id"]])
     hidden, d = emb.shape[1], args.num_features
     n = len(chosen)
-    lr = args.frozen_learning_rate
 
     rm_head = torch.zeros(hidden, requires_grad=True)
     head = torch.nn.Linear(hidden, d, bias=False)
     torch.nn.init.normal_(head.weight, std=0.02)
     population = torch.zeros(d, requires_grad=True)
-    # "hierarchical": the table stores the offsets delta_u, w_u = w_pop + delta_u; "learned": the rows themselves.
+    # The table stores the offsets delta_u: w_u = w_pop + delta_u.
     table = (torch.randn(len(users), d) * d**-0.5).requires_grad_(True)
     rm_opt = torch.optim.AdamW([rm_head], lr=lr, weight_decay=0.0)
     opt = torch.optim.AdamW(
         [
             {
                 "params": head.parameters(),
-                "lr": defaults.feature_head_learning_rate or default_feature_head_learning_rate(lr),
+                "lr": feature_head_learning_rate(defaults),
                 "weight_decay": defaults.weight_decay,
             },
             {
                 "params": [population, table],
-                "lr": defaults.user_weights_learning_rate or USER_WEIGHTS_DEFAULT_LEARNING_RATE,
+                "lr": user_weights_learning_rate(defaults),
                 "weight_decay": 0.0,
             },
         ]
@@ -245,12 +246,10 @@ def train_frozen(emb, parts, index, args, seed):
 
     def phi(x):
         f = head(x)
-        if defaults.feature_normalization == "layernorm":
-            return torch.nn.functional.layer_norm(f, f.shape[-1:], eps=1e-5)
-        return f * torch.rsqrt(f.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return torch.nn.functional.layer_norm(f, f.shape[-1:], eps=1e-5)
 
     def user_rows():
-        return table + population if hierarchical else table
+        return table + population
 
     generator = torch.Generator().manual_seed(seed)
     for _ in range(args.frozen_epochs):
@@ -263,16 +262,12 @@ def train_frozen(emb, parts, index, args, seed):
             fx = phi(emb[chosen[batch]]) - phi(emb[rejected[batch]])
             w = user_rows()[uidx[batch]]
             loss = -torch.nn.functional.logsigmoid((fx * w).sum(-1)).mean()
-            if hierarchical:
-                loss = loss + defaults.user_weights_l2 * table.pow(2).sum(-1).mean()
-            else:
-                loss = loss + defaults.population_loss_weight * -torch.nn.functional.logsigmoid(fx @ population).mean()
-                loss = loss + defaults.user_weights_l2 * (table - population.detach()).pow(2).sum(-1).mean()
+            loss = loss + defaults.user_weights_l2 * table.pow(2).sum(-1).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
     with torch.no_grad():
-        spread = (user_rows() - population).pow(2).mean().item()  # as `prior_from_model`
+        spread = table.pow(2).mean().item()  # as `prior_from_model`: the rows' spread around w_pop
         rfm_features = phi(emb)
     return {
         "rm": (emb, rm_head.detach()),

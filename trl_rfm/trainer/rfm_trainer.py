@@ -89,9 +89,18 @@ FEATURE_HEAD_MIN_LEARNING_RATE = 1e-3
 USER_WEIGHTS_DEFAULT_LEARNING_RATE = 1e-2
 
 
-def default_feature_head_learning_rate(learning_rate: float) -> float:
-    """The feature head's learning rate when `RFMConfig.feature_head_learning_rate` is unset."""
-    return max(learning_rate, FEATURE_HEAD_MIN_LEARNING_RATE)
+def feature_head_learning_rate(args: RFMConfig) -> float:
+    """The feature head's learning rate: `args.feature_head_learning_rate`, or the trunk's rate with a floor."""
+    if args.feature_head_learning_rate is not None:
+        return args.feature_head_learning_rate
+    return max(args.learning_rate, FEATURE_HEAD_MIN_LEARNING_RATE)
+
+
+def user_weights_learning_rate(args: RFMConfig) -> float:
+    """The user table's learning rate: `args.user_weights_learning_rate`, or a fixed default."""
+    if args.user_weights_learning_rate is not None:
+        return args.user_weights_learning_rate
+    return USER_WEIGHTS_DEFAULT_LEARNING_RATE
 
 
 def resolve_user_column(dataset: Dataset | IterableDataset, args: RFMConfig) -> str | None:
@@ -430,13 +439,8 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
         user_parameters = [p for n, p in opt_model.named_parameters() if "user_weights." in n and p.requires_grad]
         if user_parameters:
             # The user table in a group of its own: its prior replaces weight decay, and it needs another lr.
-            learning_rate = self.args.user_weights_learning_rate
-            if learning_rate is None:
-                learning_rate = USER_WEIGHTS_DEFAULT_LEARNING_RATE
-            _regroup(optimizer, user_parameters, lr=learning_rate, weight_decay=0.0)
-        head_learning_rate = self.args.feature_head_learning_rate
-        if head_learning_rate is None:
-            head_learning_rate = default_feature_head_learning_rate(self.args.learning_rate)
+            _regroup(optimizer, user_parameters, lr=user_weights_learning_rate(self.args), weight_decay=0.0)
+        head_learning_rate = feature_head_learning_rate(self.args)
         if head_learning_rate != self.args.learning_rate:
             head_parameters = [p for n, p in opt_model.named_parameters() if "feature_head." in n and p.requires_grad]
             _regroup(optimizer, head_parameters, lr=head_learning_rate)
