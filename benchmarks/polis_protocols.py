@@ -63,6 +63,14 @@ class ProtocolArguments:
     max_train_pairs_per_user: int = field(default=200, metadata={"help": "Cap on training pairs per participant."})
     shots: str = field(default="0,5,10,20,50", metadata={"help": "Comma-separated k."})
     num_draws: int = field(default=5, metadata={"help": "Random draws of the k adaptation pairs."})
+    prior_precisions: str | None = field(
+        default=None,
+        metadata={
+            "help": "Diagnostic: also adapt the held-out participants with these fixed prior precisions "
+            "(comma-separated), same draws; their paired gains over `prior_from_model`'s are printed and land in "
+            "results.json under `curves_by_prior`."
+        },
+    )
     num_workers: int = field(default=2, metadata={"help": "Parallel jobs (processes of one thread each); 1: inline."})
     output_dir: str = field(default="runs/polis_protocols", metadata={"help": "Where results.json is written."})
     merge: str | None = field(
@@ -135,13 +143,21 @@ def _run_job(args: ProtocolArguments, protocol: str, seed: int, method: str) -> 
     pool_x, pool_mask, _ = group_by_user(
         in_length_order(featurize, parts["heldout_adaptation"]), parts["heldout_adaptation"]["user_id"], users
     )
-    curves = {}
-    for k, masks in draw_adaptation_sets(pool_mask, shots, args.num_draws, seed).items():
-        per_draw = []
-        for mask in masks:
-            weights = fit_user_weights(pool_x, mask, population, l2)
-            per_draw.append(per_rater_accuracy(torch.einsum("upd,ud->up", test_x, weights), test_mask))
-        curves[k] = torch.stack(per_draw).mean(0).tolist()
+    draws = draw_adaptation_sets(pool_mask, shots, args.num_draws, seed)
+
+    def accuracy_curve(precision: float) -> dict[int, list[float]]:
+        curve = {}
+        for k, masks in draws.items():
+            per_draw = []
+            for mask in masks:
+                weights = fit_user_weights(pool_x, mask, population, precision)
+                per_draw.append(per_rater_accuracy(torch.einsum("upd,ud->up", test_x, weights), test_mask))
+            curve[k] = torch.stack(per_draw).mean(0).tolist()
+        return curve
+
+    curves = accuracy_curve(l2)
+    if args.prior_precisions:
+        result["curves_by_prior"] = {float(p): accuracy_curve(float(p)) for p in args.prior_precisions.split(",")}
     val_x, val_mask, val_users = group_by_user(in_length_order(featurize, parts["val"]), parts["val"]["user_id"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # training participants without a training pair score with the population
@@ -180,6 +196,19 @@ def summarize(jobs: list[dict], shots: list[int]) -> dict:
             gains = [np.array(rfm[s]["curves"][k]) - rm[s] for s in seeds]
             row[f"gain_k{k}"] = _mean_se(np.concatenate(gains))
             row[f"gain_k{k}_split_std"] = float(np.std([np.nanmean(g) for g in gains]))
+        row["prior_precision"] = float(np.mean([rfm[s]["prior_precision"] for s in seeds]))
+        swept = set.intersection(*(set(rfm[s].get("curves_by_prior", {})) for s in seeds))
+        if swept:  # paired per rater against the same draws adapted with `prior_from_model`'s precision
+            row["gain_over_model_prior"] = {
+                precision: {
+                    k: _mean_se(np.concatenate([
+                        np.array(rfm[s]["curves_by_prior"][precision][k]) - np.array(rfm[s]["curves"][k])
+                        for s in seeds
+                    ]))
+                    for k in shots
+                }
+                for precision in sorted(swept)
+            }  # fmt: skip
         row["own_row_gain"] = float(np.mean([rfm[s]["own_row_gain"] for s in seeds]))
         row["effective_dimension"] = float(np.mean([rfm[s]["effective_dimension"] for s in seeds]))
         row["train_seconds"] = {m: float(np.mean([j["train_seconds"] for j in jobs if j["protocol"] == protocol and j["method"] == m])) for m in ("rm", "rfm")}  # fmt: skip
@@ -201,6 +230,12 @@ def print_table(summary: dict, shots: list[int]) -> None:
             f"{100 * row['own_row_gain']:+.1f}", f"{row['effective_dimension']:.1f}",
         )  # fmt: skip
     Console().print(table)
+    for protocol, row in summary.items():
+        for precision, gains in row.get("gain_over_model_prior", {}).items():
+            cells = "  ".join(f"k={k} {100 * gains[k][0]:+.1f} ± {100 * gains[k][1]:.1f}" for k in shots)
+            print(
+                f"{protocol}: prior precision {precision:g} vs prior_from_model ({row['prior_precision']:.1f}): {cells}"
+            )
 
 
 def _write_report(args: ProtocolArguments, results: list[dict], start: float) -> dict:
@@ -208,6 +243,10 @@ def _write_report(args: ProtocolArguments, results: list[dict], start: float) ->
     for result in results:  # JSON keys are strings
         if "curves" in result:
             result["curves"] = {int(k): v for k, v in result["curves"].items()}
+        if "curves_by_prior" in result:
+            result["curves_by_prior"] = {
+                float(p): {int(k): v for k, v in curve.items()} for p, curve in result["curves_by_prior"].items()
+            }
     summary = summarize(results, shots)
     print_table(summary, shots)
     os.makedirs(args.output_dir, exist_ok=True)

@@ -10,7 +10,9 @@ Protocol, per seed (every split on statements and votes before pairs are formed)
    80/20 into training and held-out participants;
 2. training participants' votes on training statements: 80/20 `train`/`val` (`val` picks the linear baseline's
    prior); held-out participants' votes on training statements: 50/50 `adaptation` (the k pairs) / `seen_test`;
-   their votes on test statements: `unseen_test` (both statements of every pair unseen by every model);
+   their votes on test statements: `unseen_test` (both statements of every pair unseen by every model); with
+   `--adaptation_statements test` (a control) their votes on test statements are split 50/50 instead, and the k
+   pairs come from one half;
 3. three methods on one trunk: the non-adaptive RM (Bradley-Terry reward, one linear head), the linear adaptive
    baseline (per-participant logistic regression on the RM's frozen score-head input, prior centred on its head, l2
    by the evidence of `val`), and the RFM (32 RMS-normalised features, per-participant rows; new participants fitted
@@ -99,6 +101,15 @@ class Arguments:
     batch_size: int = field(default=16)
     learning_rate: float = field(default=1e-3)
     lora_r: int = field(default=8)
+    adaptation_statements: str = field(
+        default="training",
+        metadata={
+            "help": "Where held-out participants' k adaptation pairs come from. `training`: their votes on training "
+            "statements (the protocol). `test`: half of their votes on the test statements, split by vote before "
+            "pairs are formed (a control: how much a participant's votes on unseen statements say about their other "
+            "unseen statements, through the same features)."
+        },
+    )
     rfm_feature_head_learning_rate: float | None = field(
         default=None, metadata={"help": "lora/full: RFMConfig.feature_head_learning_rate (unset: library default)."}
     )
@@ -135,6 +146,8 @@ def make_parts(args: Arguments, seed: int) -> dict[str, Dataset]:
     heldout_unseen = subset(is_test & is_heldout)
     seen = split_polis_votes(train_users, {"train": 0.8, "val": 0.2}, seed=seed)
     held = split_polis_votes(heldout_seen, {"adaptation": 0.5, "seen_test": 0.5}, seed=seed)
+    if args.adaptation_statements not in ("training", "test"):
+        raise ValueError(f"`adaptation_statements` must be 'training' or 'test', got {args.adaptation_statements!r}.")
     raw = {
         "train": (seen["train"], args.max_train_pairs_per_user),
         "val": (seen["val"], args.max_val_pairs_per_user),
@@ -142,6 +155,10 @@ def make_parts(args: Arguments, seed: int) -> dict[str, Dataset]:
         "seen_test": (held["seen_test"], args.max_eval_pairs_per_user),
         "unseen_test": (heldout_unseen, args.max_eval_pairs_per_user),
     }
+    if args.adaptation_statements == "test":
+        unseen = split_polis_votes(heldout_unseen, {"adaptation": 0.5, "test": 0.5}, seed=seed)
+        raw["adaptation"] = (unseen["adaptation"], args.max_eval_pairs_per_user)
+        raw["unseen_test"] = (unseen["test"], args.max_eval_pairs_per_user)
     parts = {}
     for name, (part, cap) in raw.items():
         pairs = make_polis_pairs(part, cap, seed)
@@ -539,7 +556,10 @@ def main(args: Arguments) -> dict:
         for folder in args.merge.split(","):
             with open(os.path.join(folder, "results.json")) as f:
                 report = json.load(f)
-            results_by_trunk.setdefault(report["arguments"]["trunk"], []).extend(report["results"])
+            trunk = report["arguments"]["trunk"]
+            if report["arguments"].get("adaptation_statements", "training") == "test":
+                trunk += " (k on test statements)"  # the control is its own curve, never pooled with the protocol
+            results_by_trunk.setdefault(trunk, []).extend(report["results"])
         summaries = {trunk: summarize(results, shots) for trunk, results in results_by_trunk.items()}
         plot(summaries, shots, args.figure)
         print(json.dumps(summaries, indent=1))

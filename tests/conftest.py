@@ -1,6 +1,9 @@
 import os
+import sys
 
 
+# The benchmark scripts are not a package: their tests import them by name (`import polis_protocols`).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -4,15 +4,9 @@ well-formed. Skipped when the shared Polis data (CC BY 4.0, The Computational De
 
 import math
 import os
-import sys
 
+import polis_benchmark
 import pytest
-
-
-BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks")
-sys.path.insert(0, BENCHMARKS)
-
-import polis_benchmark  # noqa: E402
 
 
 DATA_DIR = os.environ.get("TRL_RFM_POLIS_DIR", polis_benchmark.DEFAULT_DATA_DIR)

@@ -1,16 +1,8 @@
 """`benchmarks/polis_factorization_control.py` on planted data: free statement vectors and rows fitted by either
 optimiser recover raters who disagree, and held-out raters gain from adaptation (no Polis data needed)."""
 
-import os
-import sys
-
+import polis_factorization_control as control
 import torch
-
-
-BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks")
-sys.path.insert(0, BENCHMARKS)
-
-import polis_factorization_control as control  # noqa: E402
 
 
 def _planted(num_users, pairs_per_user, statement_vectors, group_weights, generator, prefix):

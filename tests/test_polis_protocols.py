@@ -2,22 +2,12 @@
 shared Polis data (CC BY 4.0, The Computational Democracy Project; skipped when absent), 60 participants: both models
 are trained on the same split, the RFM with the library's defaults, and the summary holds paired per-rater gains."""
 
-import importlib.util
 import math
 import os
-import sys
 
 import numpy as np
+import polis_protocols
 import pytest
-
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-spec = importlib.util.spec_from_file_location(
-    "polis_protocols", os.path.join(HERE, "..", "benchmarks", "polis_protocols.py")
-)
-polis_protocols = importlib.util.module_from_spec(spec)
-sys.modules["polis_protocols"] = polis_protocols  # dataclasses look their module up
-spec.loader.exec_module(polis_protocols)
 
 
 DATA_DIR = os.environ.get("TRL_RFM_POLIS_DIR", polis_protocols.DEFAULT_DATA_DIR)
@@ -36,6 +26,7 @@ def test_summary_pairs_each_raters_rfm_accuracy_with_the_rm(tmp_path):
         num_draws=2,
         num_workers=1,
         output_dir=str(tmp_path),
+        prior_precisions="1e9",
     )
     report = polis_protocols.main(args)
     row = report["summary"]["h16_e1_b8_lr3e-3"]
@@ -46,6 +37,11 @@ def test_summary_pairs_each_raters_rfm_accuracy_with_the_rm(tmp_path):
     assert math.isclose(row["gain_k5"][0], float(np.nanmean(gains)), abs_tol=1e-9)
     assert row["splits"] == 1 and 0 <= row["rm_accuracy"][0] <= 1
     assert 1 <= row["effective_dimension"] <= 32
+    # An infinitely strong prior keeps every new participant on the population: its k = 5 curve is the k = 0 one, and
+    # the summary pairs it with the same draws adapted with `prior_from_model`'s precision.
+    assert rfm["curves_by_prior"][1e9][5] == pytest.approx(rfm["curves"][0])
+    over_model_prior = np.array(rfm["curves_by_prior"][1e9][5]) - np.array(rfm["curves"][5])
+    assert row["gain_over_model_prior"][1e9][5][0] == pytest.approx(float(np.nanmean(over_model_prior)))
     assert os.path.isfile(tmp_path / "results.json")
 
     # Splits run apart and merged summarise as one run: the same split twice counts once, with the same gains.

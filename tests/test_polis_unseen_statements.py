@@ -2,22 +2,13 @@
 4.0, The Computational Democracy Project; skipped when absent): the statement split leaves no test statement in any
 training pair, and the summary pairs each held-out participant's RFM accuracy with the RM's."""
 
-import importlib.util
 import math
 import os
-import sys
 
 import numpy as np
+import polis_unseen_statements as polis_unseen
 import pytest
 
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-spec = importlib.util.spec_from_file_location(
-    "polis_unseen_statements", os.path.join(HERE, "..", "benchmarks", "polis_unseen_statements.py")
-)
-polis_unseen = importlib.util.module_from_spec(spec)
-sys.modules["polis_unseen_statements"] = polis_unseen  # dataclasses look their module up
-spec.loader.exec_module(polis_unseen)
 
 DATA_DIR = os.environ.get("TRL_RFM_POLIS_DIR", polis_unseen.DEFAULT_DATA_DIR)
 CONVERSATION = "15-per-hour-seattle"
@@ -45,6 +36,32 @@ def test_test_statements_appear_in_no_training_pair(tmp_path):
     assert statements("unseen_test") and not statements("unseen_test") & seen
     held_out = set(parts["adaptation"]["user_id"])
     assert held_out and not held_out & set(parts["train"]["user_id"])
+
+
+def test_control_adapts_on_test_statements_without_sharing_a_vote_with_the_test_pairs(tmp_path):
+    arguments = _arguments(tmp_path, "frozen")
+    protocol = polis_unseen.make_parts(arguments, seed=0)
+    arguments.adaptation_statements = "test"
+    control = polis_unseen.make_parts(arguments, seed=0)
+
+    def votes(part):  # (participant, statement, agreed?) of every pair
+        return {(u, s, won) for u, c, r in zip(part["user_id"], part["chosen"], part["rejected"])
+                for s, won in ((c, True), (r, False))}  # fmt: skip
+
+    def statements(part):
+        return {s for _, s, _ in votes(part)}
+
+    assert statements(control["adaptation"]) and statements(control["adaptation"]) <= statements(
+        protocol["unseen_test"]
+    )
+    assert not statements(control["adaptation"]) & statements(control["train"])
+    # Split by vote before pairs are formed: no participant's statement is in both their adaptation and test pairs.
+    adaptation = {(u, s) for u, s, _ in votes(control["adaptation"])}
+    assert not adaptation & {(u, s) for u, s, _ in votes(control["unseen_test"])}
+    assert control["seen_test"]["chosen"] == protocol["seen_test"]["chosen"]
+    arguments.adaptation_statements = "unseen"
+    with pytest.raises(ValueError, match="adaptation_statements"):
+        polis_unseen.make_parts(arguments, seed=0)
 
 
 def _check_report(report):
