@@ -472,7 +472,7 @@ def vote_neighbour_curves(args, seed, parts, users, draws) -> dict[str, dict[int
     curves = {}
     for name in ("unseen_test", "seen_test"):
         test_rows, test_mask = layout(parts[name])
-        per_k = {k: torch.zeros(len(masks), len(users)) for k, masks in draws.items()}
+        per_k = {k: torch.full((len(masks), len(users)), float("nan")) for k, masks in draws.items()}
         for u in range(len(users)):
             test = [int(r) for r, m in zip(test_rows[u], test_mask[u]) if m]
             if not test:
