@@ -496,13 +496,18 @@ def per_user_accuracy(margins, mask):
     return correct.sum(-1) / mask.sum(-1).clamp_min(1)
 
 
+def adaptation_draws(parts, users, shots, num_draws, seed) -> dict[int, list[torch.Tensor]]:
+    """The draws of each held-out participant's k adaptation pairs, shared by every method (the pool's layout, that of
+    `group_by_user`, does not depend on the features)."""
+    pool_mask = group_by_user(torch.zeros(len(parts["adaptation"]), 1), parts["adaptation"]["user_id"], users)[1]
+    return draw_adaptation_sets(pool_mask, shots, num_draws, seed)
+
+
 def evaluate(features_by_method, parts, index, args, seed) -> dict:
     shots = [int(k) for k in args.shots.split(",")]
     users = sorted(set(parts["unseen_test"]["user_id"]) & set(parts["seen_test"]["user_id"]))
     users = [users[i] for i in sorted(np.random.default_rng(seed).permutation(len(users))[: args.max_heldout_users])]
-    # The same draws of the k pairs for every method (the pool's layout is the same whatever the features).
-    pool_mask = group_by_user(torch.zeros(len(parts["adaptation"]), 1), parts["adaptation"]["user_id"], users)[1]
-    draws = draw_adaptation_sets(pool_mask, shots, args.num_draws, seed)
+    draws = adaptation_draws(parts, users, shots, args.num_draws, seed)
     if features_by_method is None:  # the text-free control alone: its own consensus (k = 0) is its baseline
         out = {"users": len(users)}
         for name, curve in vote_neighbour_curves(args, seed, parts, users, draws).items():

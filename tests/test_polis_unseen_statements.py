@@ -65,14 +65,10 @@ def test_control_adapts_on_test_statements_without_sharing_a_vote_with_the_test_
 
 
 def test_vote_neighbours_control_scores_the_consensus_at_k0_and_personalises_after(tmp_path):
-    from trl_rfm import group_by_user
-    from trl_rfm.evaluation.protocol import draw_adaptation_sets
-
     arguments = _arguments(tmp_path, "frozen")
     parts = polis_unseen.make_parts(arguments, seed=0)
     users = sorted(set(parts["unseen_test"]["user_id"]) & set(parts["seen_test"]["user_id"]))[:12]
-    pool_mask = group_by_user(np.zeros((len(parts["adaptation"]), 1)), parts["adaptation"]["user_id"], users)[1]
-    draws = draw_adaptation_sets(pool_mask, [0, 5], 2, seed=0)
+    draws = polis_unseen.adaptation_draws(parts, users, [0, 5], num_draws=2, seed=0)
     curves = polis_unseen.vote_neighbour_curves(arguments, 0, parts, users, draws)
 
     # k = 0 by hand: each test pair ordered by the sum of the training participants' vote differences.
