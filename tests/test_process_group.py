@@ -34,8 +34,15 @@ SCRIPT = textwrap.dedent(
 
     report = {"running": gloo_worker_states()}
     # Registered before trl-rfm's handler, so it runs after it: it sees what that handler left.
-    atexit.register(lambda: print(json.dumps({**report, "at_exit": gloo_worker_states(),
-                                              "initialized_at_exit": dist.is_initialized()}), flush=True))
+    # One file per rank: the ranks share torchrun's stdout, where two reports printed at once run into one line.
+    report_path = os.path.join(os.environ["REPORT_DIR"], f"rank{os.environ['RANK']}.json")
+
+    def write_report():
+        with open(report_path, "w") as report_file:
+            json.dump({**report, "at_exit": gloo_worker_states(), "initialized_at_exit": dist.is_initialized()},
+                      report_file)
+
+    atexit.register(write_report)
     if os.environ.get("TRL_RFM") == "1":
         release_process_groups_at_exit()
         release_process_groups_at_exit()  # registers once
@@ -51,11 +58,13 @@ def _run(tmp_path, **env) -> list[dict]:
     script.write_text(SCRIPT)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(free_local_port()), str(script)]  # fmt: skip
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    report_dir = tmp_path / "reports"
+    report_dir.mkdir()
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "REPORT_DIR": str(report_dir), **env}
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert len(reports) == 2, result.stdout
+    reports = [json.loads(path.read_text()) for path in sorted(report_dir.glob("rank*.json"))]
+    assert len(reports) == 2, (result.stdout, result.stderr[-3000:])
     return reports
 
 
