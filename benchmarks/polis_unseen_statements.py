@@ -47,6 +47,7 @@ Trunks (`--trunk`):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -143,19 +144,28 @@ class Arguments:
 
 # ------------------------------------------------------------------------------------------------ data
 def split_statements_and_participants(args: Arguments, seed: int):
-    """Every vote, and per vote whether its statement is a test statement and its participant held out."""
-    conversations = args.conversations.split(",") if args.conversations else None
-    votes = load_polis_votes(args.data_dir, conversations)
+    """Every vote, and per vote whether its statement is a test statement and its participant held out.
+
+    Read once per split: `make_parts` and the neighbours control share it (callers only read the result)."""
+    return _split_statements_and_participants(
+        args.data_dir, args.conversations, args.test_statement_fraction, args.heldout_fraction, seed
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _split_statements_and_participants(data_dir, conversations, test_statement_fraction, heldout_fraction, seed):
+    conversations = conversations.split(",") if conversations else None
+    votes = load_polis_votes(data_dir, conversations)
     frame = votes.to_pandas()
     rng = np.random.default_rng(seed)
     is_test = np.zeros(len(frame), dtype=bool)
     for conversation in sorted(frame["conversation"].unique()):
         in_conversation = (frame["conversation"] == conversation).to_numpy()
         items = np.sort(frame.loc[in_conversation, "comment_id"].unique())
-        held_items = items[rng.permutation(len(items))[: int(round(args.test_statement_fraction * len(items)))]]
+        held_items = items[rng.permutation(len(items))[: int(round(test_statement_fraction * len(items)))]]
         is_test |= in_conversation & frame["comment_id"].isin(held_items).to_numpy()
     # The participant split of `split_users` (one row per participant gives the same permutation).
-    users = split_users(Dataset.from_dict({"user_id": sorted(frame["user_id"].unique())}), args.heldout_fraction, seed)
+    users = split_users(Dataset.from_dict({"user_id": sorted(frame["user_id"].unique())}), heldout_fraction, seed)
     is_heldout = frame["user_id"].isin(set(users["heldout"]["user_id"])).to_numpy()
     return frame, is_test, is_heldout
 
