@@ -5,7 +5,8 @@ The fenced blocks of each page are read in order:
 
 - a ```bash block is a command: it runs with `bash -euo pipefail` in the page's working directory (a temporary
   directory shared by the page's blocks, in page order, so a block can use what an earlier one wrote; `examples/`,
-  `benchmarks/` and `docs/` are linked into it, so commands run as from the repository root);
+  `benchmarks/` and `docs/` are linked into it, so commands run as from the repository root; `docs/figures/` is a
+  copy, so a command that regenerates a figure leaves the repository's own untouched);
 - a ```python block runs (with this interpreter, in the same directory) only when marked `<!-- run -->` or
   `<!-- slow -->`; unmarked ones are illustrations with names defined in the prose;
 - the HTML comment on the line before a block marks it: `<!-- slow -->` (runs only with the slow tests: training,
@@ -114,8 +115,14 @@ def page_dir(request, tmp_path_factory):
     page = request.node.callspec.params["page"]
     if page not in _workdirs:
         work = tmp_path_factory.mktemp(page.stem)
-        for name in ("examples", "benchmarks", "docs"):
+        for name in ("examples", "benchmarks"):
             (work / name).symlink_to(REPO / name)
+        (work / "docs").mkdir()
+        for entry in (REPO / "docs").iterdir():
+            if entry.name == "figures":  # commands regenerate figures: into a copy, not the repository's files
+                shutil.copytree(entry, work / "docs" / entry.name)
+            else:
+                (work / "docs" / entry.name).symlink_to(entry)
         _workdirs[page] = work
     return _workdirs[page]
 
