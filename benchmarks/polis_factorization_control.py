@@ -41,7 +41,7 @@ from transformers import HfArgumentParser  # noqa: E402
 
 from trl_rfm import effective_dimension, group_by_user  # noqa: E402
 from trl_rfm.data import load_polis_votes, polis_evaluation_parts  # noqa: E402
-from trl_rfm.evaluation import accuracy_vs_k  # noqa: E402
+from trl_rfm.evaluation import accuracy_vs_k, per_rater_accuracy  # noqa: E402
 
 
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "polis")
@@ -160,7 +160,26 @@ def heldout_curves(model, parts, pairs, precisions, seed):
     for name, precision in [("model_prior", model_precision), *((f"precision_{p:g}", p) for p in precisions)]:
         curve = accuracy_vs_k(*adapt, *test, population, precision, [0, 5, 20, 50], 5, seed, average="pooled")
         result[name] = {k: 100 * float(np.mean(v)) for k, v in curve.items()}
+    # Averaged per participant, as `polis_protocols.py` averages the RFM's curves (the pooled ones above weigh
+    # participants by their number of test pairs).
+    curve = accuracy_vs_k(*adapt, *test, population, model_precision, [0, 5, 20, 50], 5, seed, average="per_rater")
+    result["model_prior_per_rater"] = {k: 100 * float(np.mean(v)) for k, v in curve.items()}
     return result
+
+
+@torch.no_grad()
+def own_row_gain(model, parts, pairs, participants) -> float:
+    """The training participants' own rows against the population weights on their held-out votes (`val`), in points,
+    averaged per participant: `polis_protocols.py`'s "own rows" for the free features."""
+    chosen, rejected = pairs["val"]
+    x, mask, users = group_by_user(model.features(chosen) - model.features(rejected), parts["val"]["user_id"])
+    row = {u: i for i, u in enumerate(participants)}
+    known = torch.tensor([u in row for u in users])  # participants without a training pair have no row
+    own_rows = model.user_weights[torch.tensor([row[u] for u in users if u in row])]
+    x, mask = x[known], mask[known]
+    own = per_rater_accuracy(torch.einsum("upd,ud->up", x, own_rows), mask)
+    population = per_rater_accuracy(torch.einsum("upd,d->up", x, model.population_weights), mask)
+    return 100 * float((own - population).mean())
 
 
 def main(args: FactorizationArguments) -> list[dict]:
@@ -194,12 +213,16 @@ def main(args: FactorizationArguments) -> list[dict]:
         else:
             raise ValueError(f"Unknown optimizer {optimizer!r}: expected `full_batch` or `minibatch`.")
         result = {"optimizer": optimizer, **heldout_curves(model, parts, pairs, precisions, args.seed)}
+        result["own_row_gain"] = own_row_gain(model, parts, pairs, participants)
         results.append(result)
         base = result["model_prior"][0]
         gains = " / ".join(f"{result['model_prior'][k] - base:+.1f}" for k in (5, 20, 50))
+        per_rater = result["model_prior_per_rater"]
+        per_rater_gains = " / ".join(f"{per_rater[k] - per_rater[0]:+.1f}" for k in (5, 20, 50))
         print(
             f"{optimizer:>10}: population {base:.1f}%, gain at k = 5 / 20 / 50 (model prior, precision "
-            f"{result['model_precision']:.0f}): {gains}; effective dimension {result['effective_dimension']:.1f}",
+            f"{result['model_precision']:.0f}): {gains} (per participant: {per_rater[0]:.1f}%, {per_rater_gains}); "
+            f"own rows {result['own_row_gain']:+.1f}; effective dimension {result['effective_dimension']:.1f}",
             flush=True,
         )
     if args.output:

@@ -31,13 +31,18 @@ def test_factorisation_recovers_opposed_raters_and_adaptation_helps():
     train = _planted(60, 30, statement_vectors, group_weights, generator, "t")
     adaptation = _planted(20, 30, statement_vectors, group_weights, generator, "h")
     test = _planted(20, 30, statement_vectors, group_weights, generator, "h")
-    parts = {"heldout_adaptation": {"user_id": adaptation[2]}, "heldout_test": {"user_id": test[2]}}
-    pairs = {"heldout_adaptation": adaptation[:2], "heldout_test": test[:2]}
+    held_out_votes = _planted(60, 10, statement_vectors, group_weights, generator, "t")  # the training raters' own
+    parts = {
+        "heldout_adaptation": {"user_id": adaptation[2]},
+        "heldout_test": {"user_id": test[2]},
+        "val": {"user_id": held_out_votes[2]},
+    }
+    pairs = {"heldout_adaptation": adaptation[:2], "heldout_test": test[:2], "val": held_out_votes[:2]}
     participants = sorted(set(train[2]))
     users = torch.tensor([participants.index(u) for u in train[2]])
     args = control.FactorizationArguments(num_features=d, full_batch_steps=300, num_train_epochs=20, batch_size=32)
 
-    gains = {}
+    gains, own_rows = {}, {}
     for optimizer in ("full_batch", "minibatch"):
         torch.manual_seed(0)
         model = control.StatementFactorization(
@@ -49,5 +54,7 @@ def test_factorisation_recovers_opposed_raters_and_adaptation_helps():
             control.train_minibatch(model, train[0], train[1], users, args, generator)
         curves = control.heldout_curves(model, parts, pairs, precisions=[1.0], seed=0)
         gains[optimizer] = curves["precision_1"][20] - curves["precision_1"][0]
+        own_rows[optimizer] = control.own_row_gain(model, parts, pairs, participants)
     # The two groups cancel for the population (about chance), and 20 answers identify a rater's group.
     assert gains["full_batch"] > 20 and gains["minibatch"] > 20, gains
+    assert own_rows["full_batch"] > 20 and own_rows["minibatch"] > 20, own_rows  # each trained row knows its group
