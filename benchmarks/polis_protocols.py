@@ -71,6 +71,14 @@ class ProtocolArguments:
             "results.json under `curves_by_prior`."
         },
     )
+    refit_training_users: bool = field(
+        default=False,
+        metadata={
+            "help": "Diagnostic: after the measurements, refit the training participants' rows exactly on the trained "
+            "features (`adapt_users` on the training pairs, prior read before the refit) and report their own-row gain, "
+            "the precision `prior_from_model` reads afterwards and what that precision does to new participants."
+        },
+    )
     num_workers: int = field(default=2, metadata={"help": "Parallel jobs (processes of one thread each); 1: inline."})
     output_dir: str = field(default="runs/polis_protocols", metadata={"help": "Where results.json is written."})
     merge: str | None = field(
@@ -164,6 +172,20 @@ def _run_job(args: ProtocolArguments, protocol: str, seed: int, method: str) -> 
         own_rows = model.get_user_weights(val_users, strict=False).float().cpu()
     own = per_rater_accuracy(torch.einsum("upd,ud->up", val_x, own_rows), val_mask)
     population_accuracy = per_rater_accuracy(torch.einsum("upd,d->up", val_x, population), val_mask)
+    if args.refit_training_users:
+        from trl_rfm import adapt_users
+
+        adapt_users(model, tokenizer, parts["train"], l2=l2, batch_size=256, show_progress=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            refit_rows = model.get_user_weights(val_users, strict=False).float().cpu()
+        refit_own = per_rater_accuracy(torch.einsum("upd,ud->up", val_x, refit_rows), val_mask)
+        _, precision_after = prior_from_model(model)
+        result["refit"] = {
+            "own_row_gain": (refit_own - population_accuracy).nanmean().item(),
+            "prior_precision_after": precision_after,
+            "curves_after": accuracy_curve(precision_after),  # new participants, with the prior read after the refit
+        }
     statements = sorted(set(votes["statement"]))
     phi = compute_response_features(model, tokenizer, [parts["train"][0]["prompt"]] * len(statements), statements)
     result.update(
@@ -210,6 +232,17 @@ def summarize(jobs: list[dict], shots: list[int]) -> dict:
                 for precision in sorted(swept)
             }  # fmt: skip
         row["own_row_gain"] = float(np.mean([rfm[s]["own_row_gain"] for s in seeds]))
+        if all("refit" in rfm[s] for s in seeds):
+            row["refit"] = {
+                "own_row_gain": float(np.mean([rfm[s]["refit"]["own_row_gain"] for s in seeds])),
+                "prior_precision_after": float(np.mean([rfm[s]["refit"]["prior_precision_after"] for s in seeds])),
+                "new_participants_change": {
+                    k: _mean_se(np.concatenate([
+                        np.array(rfm[s]["refit"]["curves_after"][k]) - np.array(rfm[s]["curves"][k]) for s in seeds
+                    ]))
+                    for k in shots
+                },
+            }  # fmt: skip
         row["effective_dimension"] = float(np.mean([rfm[s]["effective_dimension"] for s in seeds]))
         row["train_seconds"] = {m: float(np.mean([j["train_seconds"] for j in jobs if j["protocol"] == protocol and j["method"] == m])) for m in ("rm", "rfm")}  # fmt: skip
         summary[protocol] = row
@@ -231,6 +264,18 @@ def print_table(summary: dict, shots: list[int]) -> None:
         )  # fmt: skip
     Console().print(table)
     for protocol, row in summary.items():
+        if "refit" in row:
+            refit = row["refit"]
+            cells = "  ".join(
+                f"k={k} {100 * refit['new_participants_change'][k][0]:+.1f} ± "
+                f"{100 * refit['new_participants_change'][k][1]:.1f}"
+                for k in shots
+            )
+            print(
+                f"{protocol}: training rows refitted: own rows {100 * row['own_row_gain']:+.1f} -> "
+                f"{100 * refit['own_row_gain']:+.1f}; prior_from_model precision {row['prior_precision']:.1f} -> "
+                f"{refit['prior_precision_after']:.1f}; new participants with it: {cells}"
+            )
         for precision, gains in row.get("gain_over_model_prior", {}).items():
             cells = "  ".join(f"k={k} {100 * gains[k][0]:+.1f} ± {100 * gains[k][1]:.1f}" for k in shots)
             print(
@@ -247,6 +292,8 @@ def _write_report(args: ProtocolArguments, results: list[dict], start: float) ->
             result["curves_by_prior"] = {
                 float(p): {int(k): v for k, v in curve.items()} for p, curve in result["curves_by_prior"].items()
             }
+        if "refit" in result:
+            result["refit"]["curves_after"] = {int(k): v for k, v in result["refit"]["curves_after"].items()}
     summary = summarize(results, shots)
     print_table(summary, shots)
     os.makedirs(args.output_dir, exist_ok=True)

@@ -27,6 +27,7 @@ def test_summary_pairs_each_raters_rfm_accuracy_with_the_rm(tmp_path):
         num_workers=1,
         output_dir=str(tmp_path),
         prior_precisions="1e9",
+        refit_training_users=True,
     )
     report = polis_protocols.main(args)
     row = report["summary"]["h16_e1_b8_lr3e-3"]
@@ -43,6 +44,9 @@ def test_summary_pairs_each_raters_rfm_accuracy_with_the_rm(tmp_path):
     over_model_prior = np.array(rfm["curves_by_prior"][1e9][5]) - np.array(rfm["curves"][5])
     assert row["gain_over_model_prior"][1e9][5][0] == pytest.approx(float(np.nanmean(over_model_prior)))
     assert os.path.isfile(tmp_path / "results.json")
+    # The refit replaces the training rows, not the population: at k = 0 new participants score as before.
+    assert rfm["refit"]["curves_after"][0] == pytest.approx(rfm["curves"][0])
+    assert math.isfinite(row["refit"]["own_row_gain"]) and row["refit"]["prior_precision_after"] > 0
 
     # Splits run apart and merged summarise as one run: the same split twice counts once, with the same gains.
     merged = polis_protocols.main(
@@ -51,6 +55,9 @@ def test_summary_pairs_each_raters_rfm_accuracy_with_the_rm(tmp_path):
         )
     )
     assert merged["summary"]["h16_e1_b8_lr3e-3"]["gain_k5"] == pytest.approx(row["gain_k5"])
+    merged_refit = merged["summary"]["h16_e1_b8_lr3e-3"]["refit"]
+    assert merged_refit["own_row_gain"] == pytest.approx(row["refit"]["own_row_gain"])
+    assert merged_refit["new_participants_change"][5] == pytest.approx(row["refit"]["new_participants_change"][5])
     table = (tmp_path / "merged" / "table.md").read_text()
     assert f"{100 * row['gain_k5'][0]:+.1f} ± {100 * row['gain_k5'][1]:.1f}" in table.splitlines()[2]
 
