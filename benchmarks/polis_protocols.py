@@ -167,22 +167,23 @@ def _run_job(args: ProtocolArguments, protocol: str, seed: int, method: str) -> 
     if args.prior_precisions:
         result["curves_by_prior"] = {float(p): accuracy_curve(float(p)) for p in args.prior_precisions.split(",")}
     val_x, val_mask, val_users = group_by_user(in_length_order(featurize, parts["val"]), parts["val"]["user_id"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # training participants without a training pair score with the population
-        own_rows = model.get_user_weights(val_users, strict=False).float().cpu()
-    own = per_rater_accuracy(torch.einsum("upd,ud->up", val_x, own_rows), val_mask)
+
+    def own_rows_accuracy() -> torch.Tensor:
+        """The training participants' accuracy on their held-out votes with the model's current rows."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # training participants without a training pair score with the population
+            own_rows = model.get_user_weights(val_users, strict=False).float().cpu()
+        return per_rater_accuracy(torch.einsum("upd,ud->up", val_x, own_rows), val_mask)
+
+    own = own_rows_accuracy()
     population_accuracy = per_rater_accuracy(torch.einsum("upd,d->up", val_x, population), val_mask)
     if args.refit_training_users:
         from trl_rfm import adapt_users
 
         adapt_users(model, tokenizer, parts["train"], l2=l2, batch_size=256, show_progress=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            refit_rows = model.get_user_weights(val_users, strict=False).float().cpu()
-        refit_own = per_rater_accuracy(torch.einsum("upd,ud->up", val_x, refit_rows), val_mask)
         _, precision_after = prior_from_model(model)
         result["refit"] = {
-            "own_row_gain": (refit_own - population_accuracy).nanmean().item(),
+            "own_row_gain": (own_rows_accuracy() - population_accuracy).nanmean().item(),
             "prior_precision_after": precision_after,
             "curves_after": accuracy_curve(precision_after),  # new participants, with the prior read after the refit
         }
