@@ -66,7 +66,7 @@ from trl_rfm import (  # noqa: E402
     select_l2,
     tokenize_preferences,
 )
-from trl_rfm.adaptation.features import compute_response_features, in_length_order  # noqa: E402
+from trl_rfm.adaptation.features import compute_response_features  # noqa: E402
 from trl_rfm.data import load_polis_votes, polis_evaluation_parts  # noqa: E402
 from trl_rfm.evaluation import accuracy_vs_k, accuracy_vs_k_with_evidence_prior, pairwise_accuracy  # noqa: E402
 from trl_rfm.testing import build_tokenizer  # noqa: E402
@@ -231,9 +231,7 @@ def precision_diagnostics(model, tokenizer, parts, diffs, adapt, test, populatio
     curves = {
         l2: adaptation_curve(*adapt, *test, population, l2, shots, args.num_draws, seed) for l2 in _precisions(args)
     }
-    train_diffs = in_length_order(
-        lambda d: compute_feature_differences(model, tokenizer, d, 256, show_progress=False), parts["train"]
-    )
+    train_diffs = compute_feature_differences(model, tokenizer, parts["train"], 256, show_progress=False)
     val_x, val_mask, val_users = group_by_user(diffs["val"], parts["val"]["user_id"])
     train_x, train_mask = grouped(train_diffs, parts["train"]["user_id"], val_users)
     refit = {}
@@ -267,12 +265,7 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
         result["rfm_train_seconds"] = time.time() - t
         t = time.time()
         names = ["val", "val_fit", "val_check", "heldout_adaptation", "heldout_test"]
-        diffs = {
-            n: in_length_order(
-                lambda d: compute_feature_differences(model, tokenizer, d, 256, show_progress=False), parts[n]
-            )
-            for n in names
-        }
+        diffs = {n: compute_feature_differences(model, tokenizer, parts[n], 256, show_progress=False) for n in names}
         population, model_l2 = prior_from_model(model)
         curve, l2 = evaluate_features(diffs, parts, population, shots, args.num_draws, seed)
         statements = sorted(set(zip(parts["heldout_test"]["prompt"], parts["heldout_test"]["chosen"])))
@@ -327,10 +320,7 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
         t = time.time()
         names = ["val", "val_fit", "val_check", "heldout_adaptation", "heldout_test"]
         diffs = {
-            n: in_length_order(
-                lambda d: compute_score_head_input_differences(rm, tokenizer, d, 256, show_progress=False), parts[n]
-            )
-            for n in names
+            n: compute_score_head_input_differences(rm, tokenizer, parts[n], 256, show_progress=False) for n in names
         }
         head = rm.score.weight[0].detach().float()
         test_x, test_mask = grouped(

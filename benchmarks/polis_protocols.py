@@ -75,8 +75,9 @@ class ProtocolArguments:
         default=False,
         metadata={
             "help": "Diagnostic: after the measurements, refit the training participants' rows exactly on the trained "
-            "features (`adapt_users` on the training pairs, prior read before the refit) and report their own-row gain, "
-            "the precision `prior_from_model` reads afterwards and what that precision does to new participants."
+            "features (`adapt_users` on the training pairs with the model's prior) and report their own-row gain, its "
+            "seconds, the precision `prior_from_model` returns afterwards (the one stored at the end of training), the "
+            "precision the refitted rows would give (`use_stored=False`), and new participants adapted with each."
         },
     )
     num_workers: int = field(default=2, metadata={"help": "Parallel jobs (processes of one thread each); 1: inline."})
@@ -98,7 +99,6 @@ def _run_job(args: ProtocolArguments, protocol: str, seed: int, method: str) -> 
     from trl_rfm.adaptation.features import (
         compute_response_features,
         compute_score_head_input_differences,
-        in_length_order,
         tokenize_preferences,
     )
     from trl_rfm.adaptation.solver import fit_user_weights
@@ -140,16 +140,14 @@ def _run_job(args: ProtocolArguments, protocol: str, seed: int, method: str) -> 
         model, _ = train_rfm(parts["train"], tokenizer, model_args, seed)
         featurize = lambda d: compute_feature_differences(model, tokenizer, d, 256, show_progress=False)  # noqa: E731
     result["train_seconds"] = time.time() - t
-    test_x, test_mask, _ = group_by_user(
-        in_length_order(featurize, parts["heldout_test"]), parts["heldout_test"]["user_id"], users
-    )
+    test_x, test_mask, _ = group_by_user(featurize(parts["heldout_test"]), parts["heldout_test"]["user_id"], users)
     if method == "rm":
         result["accuracy"] = per_rater_accuracy(torch.einsum("upd,d->up", test_x, head), test_mask).tolist()
         return result
 
     population, l2 = prior_from_model(model)
     pool_x, pool_mask, _ = group_by_user(
-        in_length_order(featurize, parts["heldout_adaptation"]), parts["heldout_adaptation"]["user_id"], users
+        featurize(parts["heldout_adaptation"]), parts["heldout_adaptation"]["user_id"], users
     )
     draws = draw_adaptation_sets(pool_mask, shots, args.num_draws, seed)
 
@@ -166,7 +164,7 @@ def _run_job(args: ProtocolArguments, protocol: str, seed: int, method: str) -> 
     curves = accuracy_curve(l2)
     if args.prior_precisions:
         result["curves_by_prior"] = {float(p): accuracy_curve(float(p)) for p in args.prior_precisions.split(",")}
-    val_x, val_mask, val_users = group_by_user(in_length_order(featurize, parts["val"]), parts["val"]["user_id"])
+    val_x, val_mask, val_users = group_by_user(featurize(parts["val"]), parts["val"]["user_id"])
 
     def own_rows_accuracy() -> torch.Tensor:
         """The training participants' accuracy on their held-out votes with the model's current rows."""
@@ -180,12 +178,20 @@ def _run_job(args: ProtocolArguments, protocol: str, seed: int, method: str) -> 
     if args.refit_training_users:
         from trl_rfm import adapt_users
 
-        adapt_users(model, tokenizer, parts["train"], l2=l2, batch_size=256, show_progress=False)
+        t = time.time()
+        adapt_users(model, tokenizer, parts["train"], batch_size=256, show_progress=False)
+        refit_seconds = time.time() - t
         _, precision_after = prior_from_model(model)
+        _, rows_precision_after = prior_from_model(model, use_stored=False)
         result["refit"] = {
             "own_row_gain": (own_rows_accuracy() - population_accuracy).nanmean().item(),
+            "seconds": refit_seconds,
             "prior_precision_after": precision_after,
-            "curves_after": accuracy_curve(precision_after),  # new participants, with the prior read after the refit
+            "rows_precision_after": rows_precision_after,
+            "curves_after": accuracy_curve(
+                precision_after
+            ),  # new participants, with the model's prior after the refit
+            "curves_with_rows_precision": accuracy_curve(rows_precision_after),  # ... with the refitted rows' spread
         }
     statements = sorted(set(votes["statement"]))
     phi = compute_response_features(model, tokenizer, [parts["train"][0]["prompt"]] * len(statements), statements)
@@ -233,17 +239,25 @@ def summarize(jobs: list[dict], shots: list[int]) -> dict:
                 for precision in sorted(swept)
             }  # fmt: skip
         row["own_row_gain"] = float(np.mean([rfm[s]["own_row_gain"] for s in seeds]))
-        if all("refit" in rfm[s] for s in seeds):
+        if all("refit" in rfm[s] for s in seeds):  # keys a run made before they existed lacks are left out
+            refits = [rfm[s]["refit"] for s in seeds]
+            scalars = ("own_row_gain", "seconds", "prior_precision_after", "rows_precision_after")
             row["refit"] = {
-                "own_row_gain": float(np.mean([rfm[s]["refit"]["own_row_gain"] for s in seeds])),
-                "prior_precision_after": float(np.mean([rfm[s]["refit"]["prior_precision_after"] for s in seeds])),
-                "new_participants_change": {
-                    k: _mean_se(np.concatenate([
-                        np.array(rfm[s]["refit"]["curves_after"][k]) - np.array(rfm[s]["curves"][k]) for s in seeds
-                    ]))
-                    for k in shots
-                },
-            }  # fmt: skip
+                key: float(np.mean([r[key] for r in refits])) for key in scalars if all(key in r for r in refits)
+            }
+            for change, curves in (
+                ("new_participants_change", "curves_after"),
+                ("change_with_rows_precision", "curves_with_rows_precision"),
+            ):
+                if all(curves in r for r in refits):
+                    row["refit"][change] = {
+                        k: _mean_se(
+                            np.concatenate(
+                                [np.array(r[curves][k]) - np.array(rfm[s]["curves"][k]) for r, s in zip(refits, seeds)]
+                            )
+                        )
+                        for k in shots
+                    }
         row["effective_dimension"] = float(np.mean([rfm[s]["effective_dimension"] for s in seeds]))
         row["train_seconds"] = {m: float(np.mean([j["train_seconds"] for j in jobs if j["protocol"] == protocol and j["method"] == m])) for m in ("rm", "rfm")}  # fmt: skip
         summary[protocol] = row
@@ -267,15 +281,21 @@ def print_table(summary: dict, shots: list[int]) -> None:
     for protocol, row in summary.items():
         if "refit" in row:
             refit = row["refit"]
-            cells = "  ".join(
-                f"k={k} {100 * refit['new_participants_change'][k][0]:+.1f} ± "
-                f"{100 * refit['new_participants_change'][k][1]:.1f}"
-                for k in shots
-            )
+
+            def cells(change: str) -> str:
+                if change not in refit:
+                    return "not measured"
+                return "  ".join(
+                    f"k={k} {100 * refit[change][k][0]:+.1f} ± {100 * refit[change][k][1]:.1f}" for k in shots
+                )
+
             print(
-                f"{protocol}: training rows refitted: own rows {100 * row['own_row_gain']:+.1f} -> "
-                f"{100 * refit['own_row_gain']:+.1f}; prior_from_model precision {row['prior_precision']:.1f} -> "
-                f"{refit['prior_precision_after']:.1f}; new participants with it: {cells}"
+                f"{protocol}: training rows refitted in {refit.get('seconds', float('nan')):.0f} s: own rows "
+                f"{100 * row['own_row_gain']:+.1f} -> {100 * refit['own_row_gain']:+.1f}; prior_from_model precision "
+                f"{row['prior_precision']:.1f} -> {refit['prior_precision_after']:.1f} (new participants: "
+                f"{cells('new_participants_change')}); read from the refitted rows "
+                f"{refit.get('rows_precision_after', float('nan')):.1f} (new participants: "
+                f"{cells('change_with_rows_precision')})"
             )
         for precision, gains in row.get("gain_over_model_prior", {}).items():
             cells = "  ".join(f"k={k} {100 * gains[k][0]:+.1f} ± {100 * gains[k][1]:.1f}" for k in shots)
@@ -294,7 +314,9 @@ def _write_report(args: ProtocolArguments, results: list[dict], start: float) ->
                 float(p): {int(k): v for k, v in curve.items()} for p, curve in result["curves_by_prior"].items()
             }
         if "refit" in result:
-            result["refit"]["curves_after"] = {int(k): v for k, v in result["refit"]["curves_after"].items()}
+            for curves in ("curves_after", "curves_with_rows_precision"):
+                if curves in result["refit"]:  # the second is absent from runs made before it existed
+                    result["refit"][curves] = {int(k): v for k, v in result["refit"][curves].items()}
     summary = summarize(results, shots)
     print_table(summary, shots)
     os.makedirs(args.output_dir, exist_ok=True)

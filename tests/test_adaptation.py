@@ -182,3 +182,32 @@ def test_adapt_users_adds_them_to_the_model(synthetic_strong, tokenizer, tiny_lm
         adapt_users(model, tokenizer, heldout, user_column="rater")
     with pytest.raises(ValueError, match="empty"):
         adapt_users(model, tokenizer, heldout.select([]))
+
+
+def test_feature_differences_featurise_each_distinct_response_once(synthetic_strong, tokenizer, tiny_lm):
+    """Pairs derived from ratings reuse every rated response: the backbone sees each distinct sequence once, and the
+    differences equal those of each pair featurised on its own."""
+    from datasets import Dataset
+
+    from trl_rfm import compute_feature_differences
+
+    model = RewardFeatureModel.from_backbone(tiny_lm, num_features=8, feature_normalization="none")
+    responses = list(dict.fromkeys(synthetic_strong.train["chosen"]))[:4]
+    assert len({tuple(tokenizer(text)["input_ids"]) for text in responses}) == 4
+    pairs = [(c, r) for c in responses for r in responses if c != r] * 3  # 36 pairs of 4 distinct responses
+    dataset = Dataset.from_dict({"chosen": [c for c, _ in pairs], "rejected": [r for _, r in pairs]})
+    sequences_seen = []
+    hook = model.backbone.register_forward_pre_hook(
+        lambda module, args, kwargs: sequences_seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        differences = compute_feature_differences(model, tokenizer, dataset, batch_size=2, show_progress=False)
+    finally:
+        hook.remove()
+    assert sum(sequences_seen) == len(responses)
+    assert max(sequences_seen) <= 4  # batches of 2 * batch_size sequences
+    one_by_one = torch.cat(
+        [compute_feature_differences(model, tokenizer, dataset.select([i]), show_progress=False) for i in range(36)]
+    )
+    torch.testing.assert_close(differences, one_by_one, atol=1e-6, rtol=1e-5)
+    assert differences.abs().sum() > 0

@@ -21,7 +21,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from trl_rfm import RewardFeatureModel
+from trl_rfm import RewardFeatureModel, prior_from_model
 from trl_rfm.testing import free_local_port, make_synthetic_preferences, save_tiny_causal_lm
 
 
@@ -147,6 +147,10 @@ def assert_same_training(reference: Path, candidate: Path) -> None:
     torch.testing.assert_close(
         base.get_population_weights(), expected_base.get_population_weights(), atol=USER_ATOL, rtol=0
     )
+    # New users' prior, read from the trained rows at the end of training (under ZeRO-3 gathered on every rank).
+    stored = base.config.user_prior_precision
+    assert stored == pytest.approx(expected_base.config.user_prior_precision, rel=1e-3)
+    assert stored == pytest.approx(prior_from_model(base, use_stored=False)[1], rel=1e-5)
     weights, expected_weights = model.state_dict(), expected_model.state_dict()
     assert weights.keys() == expected_weights.keys()
     for name, tensor in weights.items():

@@ -143,6 +143,19 @@ def test_lora_round_trip_keeps_adapter_head_and_users(tmp_path, model, batch):
     torch.testing.assert_close(_rewards(population_only, batch), expected[:, -1:], rtol=0, atol=1e-6)
 
 
+def test_lora_round_trip_keeps_pooling_and_stored_prior(tmp_path, lm_path, batch):
+    torch.manual_seed(0)
+    model = RewardFeatureModel.from_backbone(lm_path, num_features=8, pooling="mean")
+    model.add_users(USERS, weights=torch.randn(len(USERS), 8))
+    model.config.user_prior_precision = 12.5
+    peft_model = _lora(model.eval())
+    expected = _rewards(peft_model, batch)
+    save_load.save_reward_feature_model(peft_model, tmp_path / "lora")
+    loaded = RewardFeatureModel.from_pretrained(tmp_path / "lora")
+    assert loaded.config.pooling == "mean" and loaded.config.user_prior_precision == 12.5
+    torch.testing.assert_close(_rewards(loaded, batch), expected, rtol=0, atol=1e-6)  # "last" would read other states
+
+
 def _hub_cache(cache_dir, repo_id, folder):
     """Lays `folder` out as a cached snapshot of the Hub repo `repo_id`, as `huggingface_hub` downloads it."""
     repo = cache_dir / f"models--{repo_id.replace('/', '--')}"

@@ -44,8 +44,13 @@ def test_summary_pairs_each_raters_rfm_accuracy_with_the_rm(tmp_path):
     over_model_prior = np.array(rfm["curves_by_prior"][1e9][5]) - np.array(rfm["curves"][5])
     assert row["gain_over_model_prior"][1e9][5][0] == pytest.approx(float(np.nanmean(over_model_prior)))
     assert os.path.isfile(tmp_path / "results.json")
-    # The refit replaces the training rows, not the population: at k = 0 new participants score as before.
-    assert rfm["refit"]["curves_after"][0] == pytest.approx(rfm["curves"][0])
+    # The refit replaces the training rows, not the population, nor the prior stored at the end of training: new
+    # participants adapted afterwards score exactly as before, at every k.
+    assert rfm["refit"]["prior_precision_after"] == rfm["prior_precision"]
+    for k, accuracies in rfm["curves"].items():
+        assert rfm["refit"]["curves_after"][k] == pytest.approx(accuracies)
+    assert rfm["refit"]["curves_with_rows_precision"][0] == pytest.approx(rfm["curves"][0])
+    assert rfm["refit"]["rows_precision_after"] > 0 and rfm["refit"]["seconds"] > 0
     assert math.isfinite(row["refit"]["own_row_gain"]) and row["refit"]["prior_precision_after"] > 0
 
     # Splits run apart and merged summarise as one run: the same split twice counts once, with the same gains.

@@ -4,7 +4,7 @@ from datasets import Dataset
 from peft import LoraConfig
 
 from trl_rfm import RewardFeatureModel, RFMConfig, RFMRewardTrainer
-from trl_rfm.testing import make_synthetic_preferences, quiet_cpu_args
+from trl_rfm.testing import build_tiny_causal_lm, make_synthetic_preferences, quiet_cpu_args
 
 
 def _args(tmp_path, **overrides):
@@ -313,3 +313,39 @@ def test_feature_head_learning_rate_keeps_weight_decay_of_its_groups(tmp_path, s
     weight = trainer.model.feature_head.weight
     (group,) = [g for g in optimizer.param_groups if any(p is weight for p in g["params"])]
     assert group["lr"] == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_new_users_prior_is_stored_at_the_end_of_training(tmp_path, synthetic_strong, tokenizer, tiny_lm, lora):
+    """The prior of new users is read from the trained rows once, stored with the model, and not moved by users
+    adapted afterwards (their MAP rows sit closer to the population than trained rows)."""
+    from trl_rfm import adapt_users, prior_from_model
+
+    trainer = RFMRewardTrainer(
+        model=tiny_lm,
+        args=_args(tmp_path, num_train_epochs=2),
+        train_dataset=synthetic_strong.train,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]) if lora else None,
+    )
+    model = trainer.model
+    assert model.config.user_prior_precision is None
+    trainer.train()
+    population, stored = prior_from_model(model)
+    _, from_rows = prior_from_model(model, use_stored=False)
+    assert stored == model.config.user_prior_precision == pytest.approx(from_rows, rel=1e-6)
+    table = model.user_weights().float()
+    assert stored == pytest.approx(1 / (table[:-1] - table[-1]).pow(2).mean().item(), rel=1e-6)
+
+    adapt_users(model, tokenizer, synthetic_strong.heldout, l2=1e3, show_progress=False)  # rows near the population
+    _, after = prior_from_model(model)
+    _, rows_after = prior_from_model(model, use_stored=False)
+    assert after == stored
+    assert rows_after > 1.2 * stored  # what the prior would have drifted to
+    torch.testing.assert_close(prior_from_model(model)[0], population)
+
+    trainer.save_model(str(tmp_path / "saved"))
+    backbone = {"backbone": build_tiny_causal_lm(tokenizer)} if lora else {}  # an adapter needs its trunk
+    reloaded = RewardFeatureModel.from_pretrained(str(tmp_path / "saved"), **backbone)
+    assert reloaded.config.user_prior_precision == pytest.approx(stored, rel=1e-6)
+    assert prior_from_model(reloaded)[1] == pytest.approx(stored, rel=1e-6)

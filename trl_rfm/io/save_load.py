@@ -320,8 +320,10 @@ def load_peft_reward_feature_model(
         num_features=config.num_features,
         feature_normalization=config.feature_normalization,
         population_weights=config.population_weights,
+        pooling=config.pooling,
         **model_kwargs,
     )
+    model.config.user_prior_precision = getattr(config, "user_prior_precision", None)
     if loaded is not None:
         model.add_users(loaded.user_ids, loaded.weights)
     peft_config.inference_mode = not is_trainable

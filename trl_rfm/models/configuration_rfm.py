@@ -44,6 +44,12 @@ class RewardFeatureConfig(PreTrainedConfig):
             `"last"` otherwise. See `trl_rfm.models.pooling`.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialisation of the feature head.
+        user_prior_precision (`float`, *optional*):
+            Precision of the prior of a new user's weights, `w_u ~ N(w_pop, I / user_prior_precision)`, read from the
+            trained users' rows at the end of training ([`RFMRewardTrainer`] sets it; see
+            [`trl_rfm.prior_from_model`]). Stored so that users added later (`adapt_users`, `add_users`), whose rows
+            are closer to the population than trained rows, do not move the prior of the next ones. `None` (a model
+            built by hand, or saved by an older version): read from the table's current rows.
     """
 
     model_type = "reward_feature_model"
@@ -63,6 +69,7 @@ class RewardFeatureConfig(PreTrainedConfig):
     population_weights: str = "learned"
     pooling: str = "auto"
     initializer_range: float = 0.02
+    user_prior_precision: float | None = None
 
     def __post_init__(self, **kwargs):
         # A reward model outputs one scalar per sequence; TRL's RewardTrainer checks for it.
@@ -89,6 +96,8 @@ class RewardFeatureConfig(PreTrainedConfig):
                 f"would reduce the features to a sign (at least {fewest} are needed); use "
                 "`feature_normalization='none'` for so few features (with 1, a plain Bradley-Terry reward model)."
             )
+        if self.user_prior_precision is not None and not self.user_prior_precision > 0:
+            raise ValueError(f"`user_prior_precision` must be > 0 or None, got {self.user_prior_precision}.")
         if self.num_users < 0:
             raise ValueError(f"`num_users` must be >= 0, got {self.num_users}.")
 

@@ -57,6 +57,7 @@ from trl.data_utils import get_dataset_column_names
 from trl.trainer.utils import create_model_from_path
 
 from ..adaptation.features import tokenize_preferences
+from ..adaptation.prior import prior_from_model
 from ..io.feature_head import RFM_MODULES_TO_SAVE
 from ..models.configuration_rfm import RewardFeatureConfig
 from ..models.feature_geometry import feature_covariance_penalty
@@ -268,6 +269,22 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
         self._trains_population_separately = (
             base_model.config.population_weights == "learned" and base_model.num_users > 0
         )
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """`Trainer.train`, then the prior of new users read from the trained rows and stored in the model's config
+        (`RewardFeatureConfig.user_prior_precision`), so that users adapted later do not move it."""
+        output = super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        self._store_user_prior_precision()
+        return output
+
+    @torch.no_grad()
+    def _store_user_prior_precision(self) -> None:
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        base_model = model.get_base_model() if is_peft_model(model) else model
+        if not isinstance(base_model, RewardFeatureModel) or base_model.num_users < 2:
+            return
+        # Every rank reads the table through its forward: under ZeRO-3 that gathers it on all ranks together.
+        _, base_model.config.user_prior_precision = prior_from_model(model, use_stored=False)
 
     # ------------------------------------------------------------------ model
     @staticmethod
