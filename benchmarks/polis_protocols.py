@@ -188,10 +188,9 @@ def _run_job(args: ProtocolArguments, protocol: str, seed: int, method: str) -> 
             "seconds": refit_seconds,
             "prior_precision_after": precision_after,
             "rows_precision_after": rows_precision_after,
-            "curves_after": accuracy_curve(
-                precision_after
-            ),  # new participants, with the model's prior after the refit
-            "curves_with_rows_precision": accuracy_curve(rows_precision_after),  # ... with the refitted rows' spread
+            # New participants adapted with the model's prior after the refit, and with the refitted rows' spread.
+            "curves_after": accuracy_curve(precision_after),
+            "curves_with_rows_precision": accuracy_curve(rows_precision_after),
         }
     statements = sorted(set(votes["statement"]))
     phi = compute_response_features(model, tokenizer, [parts["train"][0]["prompt"]] * len(statements), statements)
