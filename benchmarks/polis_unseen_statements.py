@@ -258,7 +258,7 @@ def train_frozen(emb, parts, index, args, seed):
     """RM head and RFM (feature head + user table + population) on cached embeddings, with RFMRewardTrainer's loss and
     the library's defaults read from `RFMConfig` and the trainer (normalisation, population, prior, learning rates)."""
     from trl_rfm import RFMConfig
-    from trl_rfm.trainer.rfm_trainer import feature_head_learning_rate, user_weights_learning_rate
+    from trl_rfm.trainer.learning_rates import feature_head_learning_rate, user_weights_learning_rate
 
     lr = args.frozen_learning_rate
     defaults = RFMConfig(

@@ -64,6 +64,19 @@ def merge_peft_model(model) -> tuple[PreTrainedModel, object]:
     return model.merge_and_unload(), peft_config
 
 
+def is_foreign_peft_model(model) -> bool:
+    """A `PeftModel` around something other than a Reward Feature Model (e.g. an existing reward model)."""
+    from accelerate.utils import is_peft_model
+
+    from .modeling_rfm import RewardFeatureModel  # here: modeling_rfm imports this module
+
+    return (
+        not isinstance(model, str)
+        and is_peft_model(model)
+        and not isinstance(model.get_base_model(), RewardFeatureModel)
+    )
+
+
 @torch.no_grad()
 def from_reward_model(
     reward_model: PreTrainedModel,

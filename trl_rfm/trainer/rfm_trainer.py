@@ -17,7 +17,7 @@ What it changes in TRL's trainer, and why (public methods first, then every priv
   has its prior), and the feature head its own learning rate when set.
 - `save_model` ([`RFMCheckpointingMixin`]): returns on every rank once the main process has written the model.
 - `__init__` also registers the end of the distributed run at exit (`trainer/process_group.py`): the process groups
-  destroyed and freed, and gloo's worker threads stopped, before interpreter shutdown (issue 17).
+  destroyed and freed, and gloo's worker threads stopped, before interpreter shutdown.
 - `create_model_card`, `push_to_hub` ([`RFMHubMixin`], `trainer/hub.py`): the RFM's card; the users' weights
   (personal data) left out of uploads unless `push_user_weights=True`.
 
@@ -36,8 +36,6 @@ Private overrides, each because no public hook exists:
 """
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any
 
 import torch
 from accelerate.utils import is_peft_model
@@ -61,14 +59,22 @@ from ..adaptation.prior import prior_from_model
 from ..io.feature_head import RFM_MODULES_TO_SAVE
 from ..models.configuration_rfm import RewardFeatureConfig
 from ..models.feature_geometry import feature_covariance_penalty
-from ..models.from_reward_model import check_num_labels, from_reward_model, is_sequence_classifier, merge_peft_model
+from ..models.from_reward_model import (
+    check_num_labels,
+    from_reward_model,
+    is_foreign_peft_model,
+    is_sequence_classifier,
+    merge_peft_model,
+)
 from ..models.modeling_rfm import RewardFeatureModel
 from ..models.user_table import POPULATION_INDEX, normalize_user_id
 from .checkpointing import RFMCheckpointingMixin
 from .hub import RFMHubMixin
+from .learning_rates import split_rfm_parameter_groups
 from .peft_defaults import fill_default_targets
 from .process_group import release_process_groups_at_exit
 from .rfm_config import RFMConfig
+from .user_index import USER_INDEX, UserIndexCollator, collect_user_ids, resolve_user_column
 from .validation import (
     check_preference_columns,
     clamp_max_length,
@@ -76,100 +82,8 @@ from .validation import (
     drop_users_without_training_rows,
     position_limit,
     users_without_rows,
-    warn_rater_like_column,
     warn_unknown_users,
 )
-
-
-DEFAULT_USER_COLUMN = "user_id"
-USER_INDEX = "user_index"
-# Default learning rates of the two new parts of the model (see RFMConfig): the feature head trains at the trunk's rate
-# but at least FEATURE_HEAD_MIN_LEARNING_RATE (a fresh head under a pretrained trunk's 1e-5..1e-4 barely moves); the user
-# table at a fixed rate, whatever the trunk's (the rows weigh normalised features of a fixed scale).
-FEATURE_HEAD_MIN_LEARNING_RATE = 1e-3
-USER_WEIGHTS_DEFAULT_LEARNING_RATE = 1e-2
-
-
-def feature_head_learning_rate(args: RFMConfig) -> float:
-    """The feature head's learning rate: `args.feature_head_learning_rate`, or the trunk's rate with a floor."""
-    if args.feature_head_learning_rate is not None:
-        return args.feature_head_learning_rate
-    return max(args.learning_rate, FEATURE_HEAD_MIN_LEARNING_RATE)
-
-
-def user_weights_learning_rate(args: RFMConfig) -> float:
-    """The user table's learning rate: `args.user_weights_learning_rate`, or a fixed default."""
-    if args.user_weights_learning_rate is not None:
-        return args.user_weights_learning_rate
-    return USER_WEIGHTS_DEFAULT_LEARNING_RATE
-
-
-def resolve_user_column(dataset: Dataset | IterableDataset, args: RFMConfig) -> str | None:
-    """The rater column of `dataset`: `args.user_column` (required when set), else `user_id` when present."""
-    columns = get_dataset_column_names(dataset) or []
-    if args.user_column is not None:
-        if args.user_column not in columns:
-            raise ValueError(
-                f"The dataset has no user column {args.user_column!r} (set by `RFMConfig.user_column`); its columns "
-                f"are {columns}. Add the rater id of each comparison, or unset `user_column` to train a plain reward "
-                "model."
-            )
-        return args.user_column
-    if DEFAULT_USER_COLUMN in columns:
-        return DEFAULT_USER_COLUMN
-    warn_rater_like_column(columns)  # e.g. `rater_id`: probably meant as the user column
-    return None
-
-
-def collect_user_ids(dataset: Dataset | IterableDataset, user_column: str) -> list[str]:
-    """The distinct rater ids of `dataset`, normalised and sorted, so that every process builds the same vocabulary."""
-    values = dataset[user_column] if isinstance(dataset, Dataset) else (row[user_column] for row in dataset)
-    user_ids = set()
-    for row, value in enumerate(values):
-        try:
-            user_ids.add(normalize_user_id(value))
-        except ValueError as error:
-            raise ValueError(f"Malformed value in user column {user_column!r} at row {row}: {error}") from None
-    if not user_ids:
-        raise ValueError(f"The user column {user_column!r} is empty.")
-    return sorted(user_ids)
-
-
-def is_foreign_peft_model(model) -> bool:
-    """A `PeftModel` around something other than a Reward Feature Model (e.g. an existing reward model)."""
-    return (
-        not isinstance(model, str)
-        and is_peft_model(model)
-        and not isinstance(model.get_base_model(), RewardFeatureModel)
-    )
-
-
-class UserIndexCollator:
-    """Wraps a preference collator so that each pair's `user_index` reaches the model. The wrapped collator puts all
-    chosen sequences first, then all rejected ones, so the index is repeated in the same order: [B] -> [2B]."""
-
-    def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]]):
-        self.collator = collator
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        if USER_INDEX not in examples[0]:
-            return self.collator(examples)
-        user_index = torch.tensor([example[USER_INDEX] for example in examples], dtype=torch.long)
-        batch = self.collator([{k: v for k, v in example.items() if k != USER_INDEX} for example in examples])
-        batch[USER_INDEX] = torch.cat([user_index, user_index])
-        return batch
-
-
-def _regroup(optimizer, parameters, **overrides) -> None:
-    """Move `parameters` into groups of their own, one per group they were in, with that group's options except
-    `overrides` (so transformers' split of weights with and without weight decay is kept unless overridden)."""
-    selected_ids = {id(p) for p in parameters}
-    for group in list(optimizer.param_groups):
-        selected = [p for p in group["params"] if id(p) in selected_ids]
-        if selected:
-            group["params"] = [p for p in group["params"] if id(p) not in selected_ids]
-            options = {key: value for key, value in group.items() if key != "params"}
-            optimizer.add_param_group({**options, **overrides, "params": selected})
 
 
 class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
@@ -453,12 +367,5 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
         opt_model = self.model if model is None else model
         if self.optimizer_cls_and_kwargs is not None:
             return optimizer
-        user_parameters = [p for n, p in opt_model.named_parameters() if "user_weights." in n and p.requires_grad]
-        if user_parameters:
-            # The user table in a group of its own: its prior replaces weight decay, and it needs another lr.
-            _regroup(optimizer, user_parameters, lr=user_weights_learning_rate(self.args), weight_decay=0.0)
-        head_learning_rate = feature_head_learning_rate(self.args)
-        if head_learning_rate != self.args.learning_rate:
-            head_parameters = [p for n, p in opt_model.named_parameters() if "feature_head." in n and p.requires_grad]
-            _regroup(optimizer, head_parameters, lr=head_learning_rate)
+        split_rfm_parameter_groups(optimizer, opt_model, self.args)
         return optimizer
