@@ -16,7 +16,7 @@ from trl import RewardConfig, RewardTrainer
 
 from ..adaptation.features import compute_score_head_input_differences, group_by_user, score_head
 from ..models.user_table import normalize_user_id
-from ..testing.tiny_models import quiet_cpu_args
+from ..trainer.quiet_args import quiet_training_args
 from .protocol import pairwise_accuracy, summarize_draws
 
 
@@ -56,7 +56,7 @@ def training_args(config_class, output_dir, config, **overrides):
         use_cpu=not torch.cuda.is_available(),
         seed=config.seed,
     )
-    return quiet_cpu_args(config_class, **{**args, **overrides})
+    return quiet_training_args(config_class, **{**args, **overrides})
 
 
 def train(trainer_class, config_class, model, processing_class, dataset, output_dir, config, **overrides):

@@ -15,6 +15,8 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast
 
+from ..trainer.quiet_args import quiet_training_args
+
 
 PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN = "<pad>", "<unk>", "<s>", "</s>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -99,14 +101,5 @@ def save_tiny_causal_lm(output_dir: str | os.PathLike, texts: Iterable[str], see
 
 
 def quiet_cpu_args(config_class, **options):
-    """`config_class(**options)` (an `RFMConfig`, `trl.RewardConfig`, ...) for tests and demos on a CPU: no logging,
-    no checkpoints, no progress bars, no bf16, no reporting, unless `options` says otherwise."""
-    defaults = dict(
-        logging_strategy="no",
-        save_strategy="no",
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        disable_tqdm=True,
-    )
-    return config_class(**{**defaults, **options})
+    """[`quiet_training_args`] on the CPU: for tests and demos."""
+    return quiet_training_args(config_class, **{"use_cpu": True, **options})
