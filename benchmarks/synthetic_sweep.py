@@ -1,7 +1,7 @@
 """
 Synthetic disagreement sweep, after the paper's: number of training raters x amount of disagreement between them.
 
-For every cell, raters are drawn by `trl_rfm.make_synthetic_preferences` (hidden attributes shown as marker words;
+For every cell, raters are drawn by `trl_rfm.testing.make_synthetic_preferences` (hidden attributes shown as marker words;
 `disagreement = 0`: identical raters, `1`: mixtures of opposed opinion groups), a tiny transformer is trained from
 scratch as an RFM (d = 8 and d = 32, `RFMRewardTrainer`) and as a non-adaptive reward model (stock
 `trl.RewardTrainer`, same initialisation and pairs), and raters never seen in training are evaluated after adapting

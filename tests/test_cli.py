@@ -40,9 +40,8 @@ def test_data_files_are_read_by_extension(tmp_path):
         load_data_file(tmp_path / "pairs.txt")
 
 
-def test_toys_moved_to_testing_still_import_with_a_warning():
-    with pytest.warns(DeprecationWarning, match="trl_rfm.testing"):
-        from trl_rfm import make_synthetic_preferences
-    from trl_rfm.testing import make_synthetic_preferences as moved
+def test_toys_live_in_trl_rfm_testing_only():
+    import trl_rfm.testing
 
-    assert make_synthetic_preferences is moved
+    assert hasattr(trl_rfm.testing, "make_synthetic_preferences")
+    assert not hasattr(trl_rfm, "make_synthetic_preferences")

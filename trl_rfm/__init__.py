@@ -1,9 +1,6 @@
 """trl-rfm: Reward Feature Models (personalised reward models) for TRL."""
 
-__version__ = "0.1.0"
-
-import importlib
-import warnings
+__version__ = "0.2.0.dev0"
 
 from .adaptation import (
     ActiveAdaptationTrace,
@@ -35,24 +32,3 @@ from .models import (
 )
 from .rewards import PersonalizedReward, export_user_reward_model, relabel_preferences, sample_candidates
 from .trainer import RFMConfig, RFMRewardTrainer, UserIndexCollator
-
-
-# Test toys, moved to `trl_rfm.testing`: still importable from here, with a DeprecationWarning.
-_MOVED_TO_TESTING = (
-    "SyntheticPreferences",
-    "build_tiny_causal_lm",
-    "build_tokenizer",
-    "make_synthetic_preferences",
-    "save_tiny_causal_lm",
-)
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_TESTING:
-        warnings.warn(
-            f"`trl_rfm.{name}` is deprecated; import it from `trl_rfm.testing` instead.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(importlib.import_module(".testing", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
