@@ -153,7 +153,12 @@ class PersonalizedReward:
     def features(self, prompts: list, completions: list) -> torch.Tensor:
         """The reward features `phi` of every prompt + completion, batched, one backbone pass per batch. `[N, d]`
         float32 on `self.device`."""
-        sequences = self.tokenize(prompts, completions)
+        return self.features_of_sequences(self.tokenize(prompts, completions))
+
+    @torch.no_grad()
+    def features_of_sequences(self, sequences: list[list[int]]) -> torch.Tensor:
+        """The reward features `phi` of already tokenised sequences (e.g. by [`tokenize`]), in batches of
+        `batch_size` sorted by length. `[N, d]` float32 on `self.device`."""
         if self.rfm.device != self.device:
             self.model.to(self.device)
         pad_token_id = self.processing_class.pad_token_id
