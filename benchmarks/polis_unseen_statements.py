@@ -333,7 +333,7 @@ def train_lora_or_scratch(parts, args, seed, texts):
     from trl import RewardConfig, RewardTrainer
 
     from trl_rfm import RFMConfig, RFMRewardTrainer, tokenize_preferences
-    from trl_rfm.adaptation.features import score_head
+    from trl_rfm.models.from_reward_model import score_head
     from trl_rfm.testing import pretrained_minilm_path
 
     columns = ["prompt", "chosen", "rejected", "user_id"]

@@ -12,12 +12,12 @@ from collections.abc import Hashable, Sequence
 
 import torch
 from datasets import Dataset
-from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl.data_utils import is_conversational
 from trl.trainer.utils import pad
 
+from ..models.from_reward_model import score_head
 from ..models.limits import truncate_to_limit
 from ..models.modeling_rfm import RewardFeatureModel, last_token_index
 from ..models.user_table import normalize_user_id
@@ -167,19 +167,6 @@ def compute_feature_differences(
         featurize, model, processing_class, dataset, batch_size, max_length, show_progress, "Reward features"
     )
     return differences if differences is not None else torch.zeros(0, model.config.num_features)
-
-
-def score_head(model: PreTrainedModel) -> nn.Linear:
-    """The linear head of a one-label sequence-classification reward model (`score` in most decoder models,
-    `classifier` in encoders)."""
-    for name in ("score", "classifier"):
-        head = getattr(model, name, None)
-        if isinstance(head, nn.Linear) and head.out_features == 1:
-            return head
-    raise ValueError(
-        f"{type(model).__name__} has no one-output linear head named `score` or `classifier`: it is not a "
-        "reward model as built by `AutoModelForSequenceClassification(num_labels=1)`."
-    )
 
 
 @torch.no_grad()

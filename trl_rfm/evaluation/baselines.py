@@ -14,7 +14,8 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 from trl import RewardConfig, RewardTrainer
 
-from ..adaptation.features import compute_score_head_input_differences, group_by_user, score_head
+from ..adaptation.features import compute_score_head_input_differences, group_by_user
+from ..models.from_reward_model import score_head
 from ..models.user_table import normalize_user_id
 from ..trainer.quiet_args import quiet_training_args
 from .protocol import pairwise_accuracy, summarize_draws

@@ -29,13 +29,9 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 from trl import RewardConfig, RewardTrainer
 
-from ..adaptation.features import (
-    compute_feature_differences,
-    compute_score_head_input_differences,
-    group_by_user,
-    score_head,
-)
+from ..adaptation.features import compute_feature_differences, compute_score_head_input_differences, group_by_user
 from ..adaptation.prior import prior_from_model, select_l2
+from ..models.from_reward_model import score_head
 from ..models.user_table import normalize_user_id
 from ..trainer.rfm_config import RFMConfig
 from ..trainer.rfm_trainer import RFMRewardTrainer

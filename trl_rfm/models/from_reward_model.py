@@ -45,14 +45,15 @@ def check_num_labels(model: PreTrainedModel) -> None:
 
 
 def score_head(model: PreTrainedModel) -> nn.Linear:
-    """The linear head of a decoder reward model (`score`; `classifier` when it is a single `Linear`)."""
+    """The linear head of a one-label sequence-classification reward model (`score` in most decoder models,
+    `classifier` in encoders)."""
     for name in ("score", "classifier"):
         head = getattr(model, name, None)
         if isinstance(head, nn.Linear) and head.out_features == 1:
             return head
     raise ValueError(
-        f"Cannot personalise {type(model).__name__}: its reward head is not a single `Linear(hidden_size, 1)` on the "
-        "trunk's last hidden state (`score`, as in Llama/Qwen/Mistral/GPT-NeoX reward models)."
+        f"{type(model).__name__} has no one-output linear head named `score` or `classifier`: it is not a "
+        "reward model as built by `AutoModelForSequenceClassification(num_labels=1)`."
     )
 
 
