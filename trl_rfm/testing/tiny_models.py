@@ -18,8 +18,16 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel, Pre
 from ..trainer.quiet_args import quiet_training_args
 
 
-PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN = "<pad>", "<unk>", "<s>", "</s>"
+SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+# About 0.1M parameters: every CPU test trains it in seconds, and it still has a trunk of several layers under the head.
+TINY_LLAMA_SIZES = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 256,
+}
 
 # Each message is "<|role|> content </s>"; the generation prompt opens an assistant turn.
 CHAT_TEMPLATE = (
@@ -41,20 +49,17 @@ def build_tokenizer(texts: Iterable[str], max_vocab_size: int | None = None, low
     counts = Counter()
     for text in texts:
         counts.update(_WORD.findall(text.lower() if lowercase else text))
-    specials = [PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN, *ROLE_TOKENS]
+    specials = [*SPECIAL_TOKENS.values(), *ROLE_TOKENS]
     words = [w for w, _ in counts.most_common(max_vocab_size) if w not in specials]
     vocab = {token: i for i, token in enumerate(specials + words)}
 
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
     if lowercase:
         backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        pad_token=PAD_TOKEN,
-        unk_token=UNK_TOKEN,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
+        **SPECIAL_TOKENS,
         additional_special_tokens=list(ROLE_TOKENS),
         padding_side="right",
         model_max_length=1024,
@@ -63,28 +68,18 @@ def build_tokenizer(texts: Iterable[str], max_vocab_size: int | None = None, low
     return tokenizer
 
 
-def build_tiny_causal_lm(
-    tokenizer: PreTrainedTokenizerFast,
-    hidden_size: int = 64,
-    num_hidden_layers: int = 2,
-    num_attention_heads: int = 4,
-    intermediate_size: int = 128,
-    max_position_embeddings: int = 256,
-    seed: int = 0,
-) -> PreTrainedModel:
-    """A randomly initialised Llama-architecture causal LM sized for `tokenizer` (about 0.1M parameters by default)."""
+def build_tiny_causal_lm(tokenizer: PreTrainedTokenizerFast, seed: int = 0, **sizes) -> PreTrainedModel:
+    """A randomly initialised Llama-architecture causal LM sized for `tokenizer`: [`TINY_LLAMA_SIZES`], any of which
+    `sizes` overrides (`hidden_size=16`, ...), with tied embeddings and as many key-value heads as attention heads."""
+    sizes = {**TINY_LLAMA_SIZES, **sizes}
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_attention_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
+        num_key_value_heads=sizes["num_attention_heads"],
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
+        **sizes,
     )
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config)
