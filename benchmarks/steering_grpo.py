@@ -52,7 +52,9 @@ class SteeringArguments:
 def measure(policy, tokenizer, reward, user, prompts, samples_per_prompt, max_new_tokens, seed):
     """Marker rate and the user's mean reward over fresh samples of `policy`."""
     torch.manual_seed(seed)
-    candidates = sample_candidates(policy, tokenizer, prompts, samples_per_prompt, max_new_tokens, batch_size=8)
+    candidates = sample_candidates(
+        policy, tokenizer, prompts, num_candidates=samples_per_prompt, max_new_tokens=max_new_tokens, batch_size=8
+    )
     flat_prompts = [p for p, options in zip(prompts, candidates) for _ in options]
     flat = [c for options in candidates for c in options]
     marker_rate = sum(MARKER_WORD in c.split() for c in flat) / len(flat)

@@ -159,16 +159,24 @@ def main(script_args: RelabelScriptArguments, training_args) -> dict:
             eval_rows.append((prompt, user))
     eval_prompts, eval_users = map(list, zip(*eval_rows))
     marker_word = MARKER_WORD if script_args.model_name_or_path is None else None
-    summary_args = (script_args.eval_samples_per_prompt, script_args.max_new_tokens, training_args.seed)
+    summary_args = dict(
+        samples_per_prompt=script_args.eval_samples_per_prompt,
+        max_new_tokens=script_args.max_new_tokens,
+        seed=training_args.seed,
+    )
     before = personalized_policy_summary(
-        policy, tokenizer, reward, eval_prompts, eval_users, *summary_args, marker_word=marker_word
+        policy, tokenizer, reward, eval_prompts, eval_users, **summary_args, marker_word=marker_word
     )
 
     if "completions" in prompts.column_names:
         candidates = prompts["completions"]
     else:
         candidates = sample_candidates(
-            policy, tokenizer, prompts["prompt"], script_args.num_candidates, script_args.max_new_tokens
+            policy,
+            tokenizer,
+            prompts["prompt"],
+            num_candidates=script_args.num_candidates,
+            max_new_tokens=script_args.max_new_tokens,
         )
     pairs = relabel_preferences(
         reward, prompts["prompt"], candidates, pairing=script_args.pairing, margin=script_args.margin, **user_kwargs
@@ -198,7 +206,7 @@ def main(script_args: RelabelScriptArguments, training_args) -> dict:
     ################
     policy = trainer.accelerator.unwrap_model(trainer.model)
     after = personalized_policy_summary(
-        policy, tokenizer, reward, eval_prompts, eval_users, *summary_args, marker_word=marker_word
+        policy, tokenizer, reward, eval_prompts, eval_users, **summary_args, marker_word=marker_word
     )
     if trainer.accelerator.is_main_process:
         print("\n" + format_policy_summary(before, after, marker_word))

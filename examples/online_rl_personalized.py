@@ -172,9 +172,11 @@ def main(script_args: OnlineRLScriptArguments, training_args) -> dict:
     eval_prompts, eval_users = [prompts[i]["prompt"] for i in eval_rows], [row_users[i] for i in eval_rows]
     max_new_tokens = getattr(training_args, "max_completion_length", None) or training_args.max_new_tokens
     marker_word = MARKER_WORD if script_args.model_name_or_path is None else None
-    summary_args = (script_args.eval_samples_per_prompt, max_new_tokens, training_args.seed)
+    summary_args = dict(
+        samples_per_prompt=script_args.eval_samples_per_prompt, max_new_tokens=max_new_tokens, seed=training_args.seed
+    )
     before = personalized_policy_summary(
-        policy, tokenizer, reward, eval_prompts, eval_users, *summary_args, marker_word=marker_word
+        policy, tokenizer, reward, eval_prompts, eval_users, **summary_args, marker_word=marker_word
     )
 
     ################
@@ -203,7 +205,7 @@ def main(script_args: OnlineRLScriptArguments, training_args) -> dict:
     ################
     policy = trainer.accelerator.unwrap_model(trainer.model)
     after = personalized_policy_summary(
-        policy, tokenizer, reward, eval_prompts, eval_users, *summary_args, marker_word=marker_word
+        policy, tokenizer, reward, eval_prompts, eval_users, **summary_args, marker_word=marker_word
     )
     if trainer.accelerator.is_main_process:
         print("\n" + format_policy_summary(before, after, marker_word))

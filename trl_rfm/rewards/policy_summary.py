@@ -19,6 +19,7 @@ def personalized_policy_summary(
     reward: PersonalizedReward,
     prompts: Sequence,
     user_ids: Sequence,
+    *,
     samples_per_prompt: int = 4,
     max_new_tokens: int = 16,
     seed: int = 0,
@@ -30,7 +31,9 @@ def personalized_policy_summary(
     (the fraction of samples containing `marker_word` as a word) only when `marker_word` is given.
     """
     torch.manual_seed(seed)
-    candidates = sample_candidates(policy, tokenizer, prompts, samples_per_prompt, max_new_tokens, batch_size=8)
+    candidates = sample_candidates(
+        policy, tokenizer, prompts, num_candidates=samples_per_prompt, max_new_tokens=max_new_tokens, batch_size=8
+    )
     flat = [(p, c, u) for p, options, u in zip(prompts, candidates, user_ids) for c in options]
     rewards = reward.score(*map(list, zip(*flat))).tolist()
     per_user: dict[str, dict[str, list]] = {}

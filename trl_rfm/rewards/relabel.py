@@ -28,6 +28,7 @@ def sample_candidates(
     policy: PreTrainedModel,
     processing_class: PreTrainedTokenizerBase,
     prompts: Sequence,
+    *,
     num_candidates: int = 4,
     max_new_tokens: int = 64,
     temperature: float = 1.0,
