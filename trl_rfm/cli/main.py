@@ -14,6 +14,10 @@ COMMANDS = {
     "adapt": ("trl_rfm.cli.adapt", "Add users to a trained model from a file of their comparisons (few-shot)."),
     "evaluate": ("trl_rfm.cli.evaluate", "Few-shot adaptation of held-out users vs baselines: JSON and plot."),
     "export": ("trl_rfm.cli.export", "Export one user as a standard AutoModelForSequenceClassification reward model."),
+    "serve": (
+        "trl_rfm.cli.serve",
+        "Serve every user's reward over HTTP (OpenRLHF's remote reward; online adaptation).",
+    ),
 }
 
 
