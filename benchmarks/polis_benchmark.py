@@ -31,10 +31,10 @@ on by default, is turned off (it recomputes every forward for no memory benefit 
 split's pairs are tokenised once (one call per distinct statement text, checked equal to TRL's tokenisation) and
 shared by both trainers and every feature pass, instead of TRL tokenising every pair of every part once per model.
 
-Everything reusable lives in the library: the vote-level split (`trl_rfm.data.polis_evaluation_parts`), matched
-from-scratch training with length-grouped batches (`trl_rfm.testing.from_scratch`, `trl_rfm.trainer.sampling`),
-tokenisation and features (`trl_rfm.adaptation.features`) and the accuracy-vs-k protocol (`trl_rfm.evaluation`);
-this file keeps the data preparation, the command line and the report.
+Everything reusable lives in the library: the data preparation (`trl_rfm.data.polis_evaluation_parts`,
+`add_statement_ids`, `sample_users`), matched from-scratch training with length-grouped batches
+(`trl_rfm.testing.from_scratch`, `trl_rfm.trainer.sampling`), tokenisation and features (`trl_rfm.adaptation.features`)
+and the accuracy-vs-k protocol (`trl_rfm.evaluation`); this file keeps the command line, the loops and the report.
 """
 
 from __future__ import annotations
@@ -67,16 +67,18 @@ from trl_rfm import (  # noqa: E402
     tokenize_preferences,
 )
 from trl_rfm.adaptation.features import compute_response_features  # noqa: E402
-from trl_rfm.data import load_polis_votes, polis_evaluation_parts  # noqa: E402
+from trl_rfm.data import (  # noqa: E402
+    POLIS_ATTRIBUTION,
+    add_statement_ids,
+    load_polis_votes,
+    polis_evaluation_parts,
+    sample_users,
+)
 from trl_rfm.evaluation import accuracy_vs_k, accuracy_vs_k_with_evidence_prior, pairwise_accuracy  # noqa: E402
 from trl_rfm.testing import build_tokenizer  # noqa: E402
 from trl_rfm.testing.from_scratch import ModelArguments, train_reward_model, train_rfm  # noqa: E402
 
 
-POLIS_ATTRIBUTION = (
-    "Data was gathered using the Polis software (compdemocracy.org/polis) and is sub-licensed under CC BY 4.0 with "
-    "Attribution to The Computational Democracy Project."
-)
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "polis")
 
 
@@ -174,19 +176,10 @@ def evaluate_features(diffs: dict[str, torch.Tensor], parts: dict[str, Dataset],
 def polis_parts(args: PolisArguments, seed: int) -> tuple[dict[str, Dataset], list[str]]:
     conversations = args.conversations.split(",") if args.conversations else None
     votes = load_polis_votes(args.data_dir, conversations)
-    if args.statement_id_tokens:
-        # One word per statement, unique across conversations (the word-level tokenizer gives it its own embedding).
-        index = {c: i for i, c in enumerate(sorted(set(votes["conversation"])))}
-        votes = votes.map(
-            lambda row: {
-                "statement": f"s{index[row['conversation']]}_{row['comment_id']}"
-                + (f" {row['statement']}" if args.statement_text else "")
-            }
-        )
+    if args.statement_id_tokens:  # the word-level tokenizer gives each statement's word its own embedding
+        votes = add_statement_ids(votes, keep_text=args.statement_text)
     if args.max_users is not None:
-        users = sorted(set(votes["user_id"]))
-        keep = {users[i] for i in np.random.default_rng(seed).permutation(len(users))[: args.max_users]}
-        votes = votes.filter(lambda row: row["user_id"] in keep)
+        votes = sample_users(votes, args.max_users, seed)
     texts = sorted(set(votes["statement"]) | set(votes["topic"]))
     parts = polis_evaluation_parts(
         votes,

@@ -40,7 +40,7 @@ from torch import nn  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 from trl_rfm import effective_dimension, group_by_user  # noqa: E402
-from trl_rfm.data import load_polis_votes, polis_evaluation_parts  # noqa: E402
+from trl_rfm.data import index_polis_statements, load_polis_votes, polis_evaluation_parts  # noqa: E402
 from trl_rfm.evaluation import accuracy_vs_k, per_rater_accuracy  # noqa: E402
 
 
@@ -91,17 +91,6 @@ class StatementFactorization(nn.Module):
         user_loss = nn.functional.softplus(-(x * self.user_weights[users]).sum(-1))
         population_loss = nn.functional.softplus(-(x @ self.population_weights))
         return user_loss, population_loss
-
-
-def statement_pairs(parts):
-    """Index every (conversation, statement) once; each part's pairs as (chosen, rejected) index tensors."""
-    index, pairs = {}, {}
-    for name, part in parts.items():
-        conversations = part["conversation"]
-        chosen = [index.setdefault(key, len(index)) for key in zip(conversations, part["chosen_item"])]
-        rejected = [index.setdefault(key, len(index)) for key in zip(conversations, part["rejected_item"])]
-        pairs[name] = (torch.tensor(chosen), torch.tensor(rejected))
-    return pairs, len(index)
 
 
 def train_full_batch(model, chosen, rejected, users, args):
@@ -195,7 +184,7 @@ def main(args: FactorizationArguments) -> list[dict]:
         parts = polis_evaluation_parts(load_polis_votes(args.data_dir), seed=args.seed)
     else:
         raise ValueError(f"Unknown split {args.split!r}: expected `benchmark` or `protocols`.")
-    pairs, num_statements = statement_pairs(parts)
+    pairs, statements = index_polis_statements(parts)
     participants = sorted(set(parts["train"]["user_id"]))
     row = {u: i for i, u in enumerate(participants)}
     users = torch.tensor([row[u] for u in parts["train"]["user_id"]])
@@ -205,7 +194,7 @@ def main(args: FactorizationArguments) -> list[dict]:
     for optimizer in args.optimizer.split(","):
         generator = torch.Generator().manual_seed(args.seed)
         minibatch = optimizer == "minibatch"
-        model = StatementFactorization(num_statements, len(participants), args.num_features, minibatch, generator)
+        model = StatementFactorization(len(statements), len(participants), args.num_features, minibatch, generator)
         if minibatch:
             train_minibatch(model, chosen, rejected, users, args, generator)
         elif optimizer == "full_batch":

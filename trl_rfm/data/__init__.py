@@ -15,7 +15,8 @@ upstream data with `datasets.load_dataset` from a Hub id or a local copy (same c
 Pairs derived from per-item judgements share items; split per user *items* with [`split_items_per_user`] (Polis:
 [`split_polis_votes`]) before forming pairs, and users with [`split_users`]; [`pairs_from_ratings`] forms the pairs and
 [`split_rated_items_for_evaluation`] does both for an evaluation. [`load_data_file`] reads a local JSON/JSONL/CSV/Parquet
-file of comparisons.
+file of comparisons. The Polis evaluations' parts (participants, statements and votes split before pairs) come from
+[`polis_evaluation_parts`] and [`polis_unseen_statement_parts`].
 """
 
 from .pairs import pairs_from_ratings, split_pairs_by_user, split_rated_items_for_evaluation
@@ -26,17 +27,24 @@ from .personal_llm import (
     sample_personal_llm_users,
 )
 from .polis import (
+    POLIS_ATTRIBUTION,
     list_polis_conversations,
     load_polis,
     load_polis_votes,
     make_polis_pairs,
-    polis_evaluation_parts,
     read_polis_topic,
     split_polis_votes,
 )
+from .polis_parts import (
+    add_statement_ids,
+    index_polis_statements,
+    polis_evaluation_parts,
+    polis_unseen_statement_parts,
+    split_polis_statements,
+)
 from .prism import load_prism, prism_turn_pairs
 from .raw import CANONICAL_COLUMNS, load_data_file, load_raw_split, require_columns
-from .splits import split_items_per_user, split_users
+from .splits import sample_users, split_items_per_user, split_users
 from .summarize_from_feedback import load_summarize_from_feedback, tldr_prompt
 from .ultrafeedback_p import ULTRAFEEDBACK_P_ATTRIBUTES, load_ultrafeedback_p
 
@@ -44,8 +52,11 @@ from .ultrafeedback_p import ULTRAFEEDBACK_P_ATTRIBUTES, load_ultrafeedback_p
 __all__ = [
     "CANONICAL_COLUMNS",
     "PERSONAL_LLM_REWARD_MODELS",
+    "POLIS_ATTRIBUTION",
     "ULTRAFEEDBACK_P_ATTRIBUTES",
+    "add_statement_ids",
     "detect_reward_models",
+    "index_polis_statements",
     "list_polis_conversations",
     "load_data_file",
     "load_personal_llm",
@@ -58,12 +69,15 @@ __all__ = [
     "make_polis_pairs",
     "pairs_from_ratings",
     "polis_evaluation_parts",
+    "polis_unseen_statement_parts",
     "prism_turn_pairs",
     "read_polis_topic",
     "require_columns",
     "sample_personal_llm_users",
+    "sample_users",
     "split_items_per_user",
     "split_pairs_by_user",
+    "split_polis_statements",
     "split_polis_votes",
     "split_rated_items_for_evaluation",
     "split_users",

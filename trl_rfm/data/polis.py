@@ -43,6 +43,10 @@ from datasets import Dataset, DatasetDict
 from .splits import split_items_per_user, split_users, user_rng
 
 
+POLIS_ATTRIBUTION = (
+    "Data was gathered using the Polis software (compdemocracy.org/polis) and is sub-licensed under CC BY 4.0 with "
+    "Attribution to The Computational Democracy Project."
+)
 AGREE, DISAGREE, PASS = 1, -1, 0
 MODERATED_OUT = -1
 
@@ -274,6 +278,7 @@ def load_polis(
 
 
 __all__ = [
+    "POLIS_ATTRIBUTION",
     "list_polis_conversations",
     "load_polis",
     "load_polis_votes",
@@ -281,39 +286,3 @@ __all__ = [
     "read_polis_topic",
     "split_polis_votes",
 ]
-
-
-def polis_evaluation_parts(
-    votes: Dataset,
-    seed: int = 0,
-    heldout_fraction: float = 0.2,
-    max_train_pairs_per_user: int | None = 48,
-    max_val_pairs_per_user: int | None = 16,
-    max_eval_pairs_per_user: int | None = 64,
-    prompt_separator: str = " :",
-    heldout_adaptation_fraction: float = 0.5,
-    max_adaptation_pairs_per_user: int | None = None,
-) -> dict[str, Dataset]:
-    """
-    The leak-free parts of an adaptation evaluation on Polis votes (every split made on votes, before pairs):
-    participants split into training and held-out ones (`heldout_fraction`); each training participant's votes 80/20
-    into `train` and `val`, and `val` once more in halves `val_fit`/`val_check` (for choosing the new users' prior on
-    pairs that share no vote); each held-out participant's votes into `heldout_adaptation`
-    (`heldout_adaptation_fraction`, half by default) and `heldout_test`; `max_adaptation_pairs_per_user` caps the
-    adaptation pool (default: `max_eval_pairs_per_user`).
-    Pairs are formed inside each part (capped per participant), and `prompt_separator` is appended to the topic so
-    that TRL's `prompt + chosen` keeps the words apart.
-    """
-    users = split_users(votes, heldout_fraction=heldout_fraction, seed=seed)
-    seen = split_polis_votes(users["train"], {"train": 0.8, "val": 0.2}, seed=seed)
-    seen.update(split_polis_votes(seen["val"], {"val_fit": 0.5, "val_check": 0.5}, seed=seed))
-    fractions = {"adaptation": heldout_adaptation_fraction, "test": 1.0 - heldout_adaptation_fraction}
-    heldout = split_polis_votes(users["heldout"], fractions, seed=seed)
-    caps = {"train": max_train_pairs_per_user, "val": max_val_pairs_per_user}
-    if max_adaptation_pairs_per_user is not None:
-        caps["heldout_adaptation"] = max_adaptation_pairs_per_user
-    parts = {}
-    for name, part in [*seen.items(), *((f"heldout_{n}", p) for n, p in heldout.items())]:
-        pairs = make_polis_pairs(part, caps.get(name, max_eval_pairs_per_user), seed)
-        parts[name] = pairs.map(lambda row: {"prompt": row["prompt"] + prompt_separator})
-    return parts

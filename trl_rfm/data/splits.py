@@ -58,6 +58,14 @@ def split_users(
     )
 
 
+def sample_users(dataset: Dataset, max_users: int, seed: int = 0, user_column: str = "user_id") -> Dataset:
+    """The rows of `max_users` users of `dataset` drawn at random (a seeded permutation of the sorted user ids), for
+    smaller runs of the same data."""
+    users = sorted(set(column_values(dataset, user_column)))
+    kept = {users[i] for i in np.random.default_rng(seed).permutation(len(users))[:max_users]}
+    return dataset.filter(lambda row: row[user_column] in kept)
+
+
 def split_items_per_user(
     dataset: Dataset,
     fractions: Mapping[str, float],
