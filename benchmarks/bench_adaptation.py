@@ -1,5 +1,5 @@
 """
-Benchmark of few-shot adaptation (issue 3): throughput of `fit_user_weights` against a loop of scikit-learn fits,
+Benchmark of few-shot adaptation: throughput of `fit_user_weights` against a loop of scikit-learn fits,
 and active vs random questions on synthetic users. Prints markdown tables.
 
     python benchmarks/bench_adaptation.py                      # 10,000 users x 32 pairs x d = 32

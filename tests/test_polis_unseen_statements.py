@@ -1,4 +1,4 @@
-"""`benchmarks/polis_unseen_statements.py` (issue 14) end to end on one conversation of the shared Polis data (CC BY
+"""`benchmarks/polis_unseen_statements.py` end to end on one conversation of the shared Polis data (CC BY
 4.0, The Computational Democracy Project; skipped when absent): the statement split leaves no test statement in any
 training pair, and the summary pairs each held-out participant's RFM accuracy with the RM's."""
 

@@ -1,7 +1,7 @@
 """
 The end of a distributed run: on every rank, torch.distributed's process groups are destroyed and gloo's worker
 threads stopped before the interpreter starts finalising, whether or not the script calls
-`accelerator.end_training()` (issue 17).
+`accelerator.end_training()`.
 
 Why, from a core dump of the rank that aborted (`terminate called without an active exception` after a good save):
 a `pt_gloo_runloop` worker thread finished a collective (an all-gather) and, destroying its work object, dropped the
