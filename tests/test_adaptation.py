@@ -211,3 +211,56 @@ def test_feature_differences_featurise_each_distinct_response_once(synthetic_str
     )
     torch.testing.assert_close(differences, one_by_one, atol=1e-6, rtol=1e-5)
     assert differences.abs().sum() > 0
+
+
+def _random_precision(d, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    basis = torch.randn(d, d, generator=generator, dtype=torch.float64)
+    return basis @ basis.T / d + 0.3 * torch.eye(d, dtype=torch.float64)  # well conditioned, far from isotropic
+
+
+def test_precision_matrix_matches_scikit_learn_after_whitening():
+    """With `P = L L^T`, `w = L^-T v` turns the prior into `||v||^2 / 2` and the features into `x L^-T`: an ordinary
+    ridge logistic regression, which scikit-learn solves."""
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    x, _ = _synthetic_users(num_users=3, num_pairs=40, d=6, noisy=True)
+    precision = _random_precision(6)
+    weights = fit_user_weights(x, l2=precision)
+    factor = torch.linalg.cholesky(precision)
+    for u in range(3):
+        signs = torch.ones(40, dtype=torch.float64)
+        signs[::2] = -1
+        whitened = torch.linalg.solve_triangular(factor, (x[u] * signs[:, None]).T, upper=False).T  # x L^-T
+        reference = sklearn.LogisticRegression(C=1.0, fit_intercept=False, tol=1e-10, max_iter=1000)
+        reference.fit(whitened.numpy(), (signs > 0).long().numpy())
+        expected = torch.linalg.solve_triangular(factor.T, torch.from_numpy(reference.coef_[0])[:, None], upper=True)
+        torch.testing.assert_close(weights[u], expected[:, 0], atol=1e-5, rtol=0)
+
+
+def test_precision_matrix_generalises_the_scalar_and_stays_batched():
+    x, _ = _synthetic_users(num_users=5, num_pairs=12, d=4, noisy=True)
+    mask = torch.ones(5, 12, dtype=torch.float64)
+    mask[1, 3:] = 0
+    mask[2] = 0
+    prior = torch.linspace(-1, 1, 4, dtype=torch.float64)
+    scalar = fit_user_posterior(x, mask, prior, 0.7)
+    matrix = fit_user_posterior(x, mask, prior, 0.7 * torch.eye(4, dtype=torch.float64))
+    torch.testing.assert_close(matrix.mean, scalar.mean, atol=1e-7, rtol=0)  # the Newton tolerance
+    torch.testing.assert_close(matrix.log_evidence, scalar.log_evidence, atol=1e-7, rtol=0)
+    # One matrix per user: each user alone gives the same answer as in the batch; no pairs gives the prior mean.
+    precisions = torch.stack([_random_precision(4, seed=s) for s in range(5)])
+    batched = fit_user_weights(x, mask, prior, precisions)
+    for u in range(5):
+        alone = fit_user_weights(x[u : u + 1], mask[u : u + 1], prior, precisions[u])[0]
+        torch.testing.assert_close(batched[u], alone, atol=1e-8, rtol=0)
+    torch.testing.assert_close(batched[2], prior)
+
+
+def test_precision_matrix_errors_name_the_problem():
+    x, _ = _synthetic_users(num_users=2, num_pairs=5, d=3)
+    with pytest.raises(ValueError, match="symmetric"):
+        fit_user_weights(x, l2=torch.tensor([[1.0, 0.5, 0], [0, 1, 0], [0, 0, 1]]))
+    with pytest.raises(ValueError, match="positive definite"):
+        fit_user_weights(x, l2=torch.diag(torch.tensor([1.0, -1.0, 1.0])))
+    with pytest.raises(ValueError, match=r"\[d, d\]"):
+        fit_user_weights(x, l2=torch.eye(4))

@@ -13,7 +13,7 @@ def adapt_users(
     processing_class,
     dataset,
     user_column: str = "user_id",
-    l2: float | str | None = None,
+    l2: float | torch.Tensor | str | None = None,
     batch_size: int = 64,
     max_length: int | None = None,
     show_progress: bool = True,
@@ -28,8 +28,9 @@ def adapt_users(
         processing_class: its tokenizer.
         dataset (`datasets.Dataset`): comparisons in any TRL preference format, with a `user_column`.
         user_column (`str`): column holding the user id of each comparison.
-        l2 (`float`, `"evidence"` or `None`): prior precision. `None` (default) takes the empirical-Bayes value of the
-            model ([`prior_from_model`]); `"evidence"` chooses it from these users' answers with [`select_l2`] (needs
+        l2 (`float`, `torch.Tensor` of shape `(d, d)`, `"evidence"` or `None`): prior precision. `None` (default)
+            takes the empirical-Bayes prior of the model ([`prior_from_model`]: a precision matrix for a model trained
+            by [`RFMRewardTrainer`]); `"evidence"` chooses it from these users' answers with [`select_l2`] (needs
             several users).
 
     Returns:
@@ -48,10 +49,10 @@ def adapt_users(
     prior_mean, model_l2 = prior_from_model(model)
     if l2 is None:
         l2 = model_l2
-    elif l2 == "evidence":
+    elif isinstance(l2, str) and l2 == "evidence":
         l2 = select_l2(grouped, mask, prior_mean).l2
     elif isinstance(l2, str):
         raise ValueError(f"`l2` must be a number, 'evidence' or None, got {l2!r}.")
-    weights = fit_user_weights(grouped, mask, prior_mean, float(l2))
+    weights = fit_user_weights(grouped, mask, prior_mean, l2 if isinstance(l2, torch.Tensor) else float(l2))
     model.add_users(user_ids, weights.to(model.user_weights.weight.dtype))
     return user_ids, weights

@@ -1,6 +1,6 @@
 """
-The prior of a new user's weights, `w_u ~ N(prior_mean, I / l2)`: the empirical-Bayes prior of a trained model
-([`prior_from_model`]) and the choice of its precision from users' answers ([`select_l2`]).
+The prior of a new user's weights, `w_u ~ N(prior_mean, P^-1)`: the empirical-Bayes prior of a trained model
+([`prior_from_model`]) and the choice of an isotropic precision `P = l2 * I` from users' answers ([`select_l2`]).
 """
 
 from collections.abc import Sequence
@@ -120,23 +120,35 @@ def select_l2(
 
 
 @torch.no_grad()
-def prior_from_model(model, use_stored: bool = True) -> tuple[torch.Tensor, float]:
+def prior_from_model(
+    model, use_stored: bool = True, isotropic: bool = False
+) -> tuple[torch.Tensor, float | torch.Tensor]:
     """
-    The empirical-Bayes prior of a trained model: centred on its population weights, with precision `1 / s^2` where
-    `s^2` is the mean squared deviation of the training users' weights from it (per coordinate). A new user is then
-    shrunk exactly as much as training users differ from each other. With fewer than two users, precision 1.
+    The empirical-Bayes prior of a new user's weights in a trained model: `(mean, precision)`, centred on its
+    population weights. Pass both to [`fit_user_weights`] (as `prior_mean` and `l2`).
 
-    The precision is the one stored at the end of training (`model.config.user_prior_precision`, set by
-    [`RFMRewardTrainer`]) when there is one and `use_stored` is true: rows added later by [`adapt_users`] are MAP
-    estimates shrunk towards the population, and reading them too would tighten the prior with every call (on Polis,
-    refitting the training rows exactly took it from 17 to 86 and cost new users 0.7-1.9 points at k = 20).
-    `use_stored=False` reads the table's current rows.
+    - A model trained by [`RFMRewardTrainer`] stores the prior fitted at the end of training
+      (`config.user_prior_covariance`, [`fit_user_prior`]: the covariance of the training users' weights on the final
+      features): `precision` is its inverse, a `[d, d]` tensor, so that a new user moves freely along the directions
+      where users differ and is held along the others.
+    - `isotropic=True`, or a model that stores only `config.user_prior_precision`: that number (`d / tr(covariance)`,
+      the isotropic prior with the same total spread).
+    - Otherwise (`use_stored=False`, or a model built by hand): `1 / s^2`, `s^2` the mean squared deviation per
+      coordinate of the table's rows from the population; with fewer than two users, 1.
+
+    The stored prior does not move when users are added later: rows added by [`adapt_users`] are MAP estimates shrunk
+    towards the population, and reading them would tighten the prior with every call.
     """
     table = model.user_weights().float()  # [U + 1, d], last row: population; through forward (PEFT / ZeRO-3 safe)
     population = table[-1].cpu()
-    stored = getattr(model.config, "user_prior_precision", None)
-    if use_stored and stored is not None:
-        return population, float(stored)
+    if use_stored:
+        covariance = getattr(model.config, "user_prior_covariance", None)
+        if covariance is not None and not isotropic:
+            covariance = torch.tensor(covariance, dtype=torch.float64)
+            return population, torch.cholesky_inverse(torch.linalg.cholesky(covariance)).float()
+        stored = getattr(model.config, "user_prior_precision", None)
+        if stored is not None:
+            return population, float(stored)
     return population, precision_of_rows(table)
 
 

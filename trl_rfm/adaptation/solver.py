@@ -4,7 +4,7 @@ Few-shot adaptation: fitting the weights of new users on frozen reward features.
 With `phi` frozen, a user's comparisons `(y > y')` become a logistic regression on the feature differences
 `delta = phi(x, y) - phi(x, y')`:
 
-    P(y > y' | x, u) = sigmoid(delta · w_u),      w_u ~ N(w_pop, I / l2)
+    P(y > y' | x, u) = sigmoid(delta · w_u),      w_u ~ N(w_pop, P^-1),   P = l2 * I or a full precision matrix
 
 Its MAP estimate is found by Newton's method, for all users at once on padded `[users, pairs, d]` tensors; the
 Hessian at the MAP gives the Laplace posterior `N(w_map, H^-1)` and the Laplace estimate of the marginal likelihood
@@ -116,13 +116,46 @@ def validate_inputs(feature_differences, mask, prior_mean, l2, targets):
             raise ValueError("`prior_mean` contains NaN or infinite values.")
         prior = prior.expand(num_users, d).contiguous()
 
-    l2 = as_tensor(l2, "l2").to(device=x.device, dtype=dtype)
-    if l2.ndim > 1 or (l2.ndim == 1 and l2.shape[0] != num_users):
-        raise ValueError(f"`l2` must be a number or a [users] tensor, got shape {tuple(l2.shape)}.")
-    if not (torch.isfinite(l2).all() and (l2 > 0).all()):
-        raise ValueError(f"`l2` must be finite and > 0 (it keeps the problem well posed), got {l2.tolist()}.")
-    l2 = l2.expand(num_users).contiguous()
-    return x, mask, targets, prior, l2
+    return x, mask, targets, prior, _validate_precision(l2, num_users, d, dtype, x.device)
+
+
+def _validate_precision(l2, num_users: int, d: int, dtype, device) -> torch.Tensor:
+    """The prior precision as `[users]` (isotropic, `l2 * I`) or `[users, d, d]` (a full precision matrix)."""
+    l2 = as_tensor(l2, "l2").to(device=device, dtype=dtype)
+    if l2.ndim <= 1:
+        if l2.ndim == 1 and l2.shape[0] != num_users:
+            raise ValueError(
+                f"`l2` must be a number, a [users] tensor or a [d, d] / [users, d, d] precision matrix, got shape "
+                f"{tuple(l2.shape)}."
+            )
+        if not (torch.isfinite(l2).all() and (l2 > 0).all()):
+            raise ValueError(f"`l2` must be finite and > 0 (it keeps the problem well posed), got {l2.tolist()}.")
+        return l2.expand(num_users).contiguous()
+    if l2.shape[-2:] != (d, d) or l2.ndim > 3 or (l2.ndim == 3 and l2.shape[0] not in (1, num_users)):
+        raise ValueError(
+            f"A precision matrix `l2` must be [d, d] or [users, d, d] with d = {d}, got shape {tuple(l2.shape)}."
+        )
+    if not torch.isfinite(l2).all():
+        raise ValueError("The precision matrix `l2` contains NaN or infinite values.")
+    if not torch.allclose(l2, l2.mT, rtol=1e-5, atol=1e-6 * l2.abs().max().item()):
+        raise ValueError("The precision matrix `l2` must be symmetric.")
+    if (torch.linalg.cholesky_ex(l2)[1] > 0).any():
+        raise ValueError("The precision matrix `l2` must be positive definite (it keeps the problem well posed).")
+    return l2.expand(num_users, d, d)  # a view: one shared matrix is not copied per user
+
+
+def _prior_times(l2, vectors):
+    """`P v` for each user's prior precision `P` (`[users]` isotropic or `[users, d, d]`) and vector `v` `[users, d]`."""
+    if l2.ndim == 1:
+        return l2[:, None] * vectors
+    return torch.einsum("ude,ue->ud", l2, vectors)
+
+
+def _prior_log_det(l2, d: int):
+    """`log det P` of each user's prior precision. [users]"""
+    if l2.ndim == 1:
+        return d * l2.log()
+    return torch.linalg.slogdet(l2)[1]
 
 
 def _objective(weights, x, targets, mask, prior, l2, logits=None):
@@ -130,7 +163,8 @@ def _objective(weights, x, targets, mask, prior, l2, logits=None):
         logits = torch.einsum("upd,ud->up", x, weights)  # [U, P]
     # softplus(z) - t z is the binary cross-entropy of logit z against target t, stable for any z.
     nll = torch.nn.functional.softplus(logits) - targets * logits
-    return (nll * mask).sum(-1) + 0.5 * l2 * (weights - prior).pow(2).sum(-1)  # [U]
+    offsets = weights - prior
+    return (nll * mask).sum(-1) + 0.5 * (offsets * _prior_times(l2, offsets)).sum(-1)  # [U]
 
 
 def _hessian(logits, x, mask, l2):
@@ -138,7 +172,10 @@ def _hessian(logits, x, mask, l2):
     # The square root of the curvature folded into x: X^T diag(c) X as one symmetric batched product.
     scaled = x * (probabilities * (1 - probabilities) * mask).sqrt()[..., None]  # [U, P, d]
     hessian = torch.bmm(scaled.transpose(1, 2), scaled)
-    hessian.diagonal(dim1=-2, dim2=-1).add_(l2[:, None])
+    if l2.ndim == 1:
+        hessian.diagonal(dim1=-2, dim2=-1).add_(l2[:, None])
+    else:
+        hessian = hessian + l2
     return hessian, probabilities
 
 
@@ -171,7 +208,7 @@ def _newton(x, mask, targets, prior, l2, max_iter, tol):
         wa, loss_a = weights[rows], loss[rows]
         logits = torch.einsum("upd,ud->up", xa, wa)
         hessian, probabilities = _hessian(logits, xa, ma, la)
-        gradient = torch.einsum("up,upd->ud", (probabilities - ta) * ma, xa) + la[:, None] * (wa - pa)
+        gradient = torch.einsum("up,upd->ud", (probabilities - ta) * ma, xa) + _prior_times(la, wa - pa)
         factor = _cholesky(hessian)
         # Two triangular solves: 2-3x faster than `cholesky_solve` on CPU for many small systems.
         half = torch.linalg.solve_triangular(factor, gradient[..., None], upper=False)
@@ -228,7 +265,8 @@ def fit_user_weights(
     MAP user weights under a Gaussian prior centred on `prior_mean`, for many users at once.
 
     Minimises, for every user `u` independently,
-    `sum_p mask[u,p] * BCE(delta[u,p] · w, targets[u,p]) + l2[u] / 2 * ||w - prior_mean[u]||^2`.
+    `sum_p mask[u,p] * BCE(delta[u,p] · w, targets[u,p]) + 1/2 (w - prior_mean[u])^T P_u (w - prior_mean[u])`,
+    `P_u = l2[u] * I` or the precision matrix given.
     The problem is strictly convex for `l2 > 0`, so the answer is unique and finite whatever the data: all pairs one
     way, only ties, duplicates, zero feature differences, or no pairs at all (which gives `prior_mean`).
 
@@ -240,9 +278,12 @@ def fit_user_weights(
             1 for real pairs, 0 for padding (non-negative weights in general). A user with no pairs gets `prior_mean`.
         prior_mean (`torch.Tensor` of shape `(d,)` or `(users, d)`, *optional*):
             Centre of the prior, normally the population weights; zeros if `None`.
-        l2 (`float` or `torch.Tensor` of shape `(users,)`):
-            Prior precision; larger keeps users closer to `prior_mean`. Must be > 0. [`prior_from_model`] gives the
-            empirical-Bayes value of a trained model; [`select_l2`] chooses it from users' answers.
+        l2 (`float`, `torch.Tensor` of shape `(users,)`, `(d, d)` or `(users, d, d)`):
+            Prior precision: a number (`l2 * I`), one per user, or a full precision matrix (symmetric positive
+            definite; shared or one per user), for a prior that lets users move freely along the directions where
+            users differ and holds them along the others. Larger keeps users closer to `prior_mean`.
+            [`prior_from_model`] gives the empirical-Bayes prior of a trained model; [`select_l2`] chooses a number
+            from users' answers.
         targets (`torch.Tensor` of shape `(users, pairs)`, *optional*):
             Probability that the first response is preferred: 1 for a plain comparison (default), 0.5 for a tie.
         max_iter (`int`): Newton iterations at most.
@@ -270,7 +311,7 @@ def fit_user_posterior(
     """
     [`fit_user_weights`] plus the Laplace posterior of every user: covariance `H^-1` (the inverse Hessian of the
     negative log posterior at the MAP) and the Laplace log evidence
-    `-objective(w_map) + d/2 log(l2) - 1/2 log det H`. Same arguments as [`fit_user_weights`]; computed in float64
+    `-objective(w_map) + 1/2 log det P - 1/2 log det H` (`P = l2 * I` or the precision matrix). Same arguments as [`fit_user_weights`]; computed in float64
     (covariances and log-determinants need the precision). The uncertainty drives active question selection
     (`trl_rfm.adaptation.active`) and the evidence drives [`select_l2`].
     """
@@ -285,5 +326,5 @@ def fit_user_posterior(
     covariance = torch.cholesky_inverse(factor)
     log_det = 2 * factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
     d = x.shape[-1]
-    log_evidence = -loss + 0.5 * d * l2.log() - 0.5 * log_det
+    log_evidence = -loss + 0.5 * _prior_log_det(l2, d) - 0.5 * log_det
     return UserPosterior(mean=weights, covariance=covariance, log_evidence=log_evidence)

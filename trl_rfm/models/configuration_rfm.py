@@ -50,6 +50,12 @@ class RewardFeatureConfig(PreTrainedConfig):
             [`trl_rfm.prior_from_model`]). Stored so that users added later (`adapt_users`, `add_users`), whose rows
             are closer to the population than trained rows, do not move the prior of the next ones. `None` (a model
             built by hand, or saved by an older version): read from the table's current rows.
+        user_prior_covariance (`list[list[float]]`, *optional*):
+            Covariance `[d, d]` of the prior of a new user's weights, `w_u ~ N(w_pop, user_prior_covariance)`, fitted
+            to the training users' comparisons on the final features by empirical Bayes at the end of training
+            ([`trl_rfm.fit_user_prior`]): it lets a new user move along the directions where users differ and holds
+            them along the others. [`trl_rfm.prior_from_model`] returns its inverse; `None`: the isotropic prior of
+            `user_prior_precision`.
     """
 
     model_type = "reward_feature_model"
@@ -70,6 +76,7 @@ class RewardFeatureConfig(PreTrainedConfig):
     pooling: str = "auto"
     initializer_range: float = 0.02
     user_prior_precision: float | None = None
+    user_prior_covariance: list[list[float]] | None = None
 
     def __post_init__(self, **kwargs):
         # A reward model outputs one scalar per sequence; TRL's RewardTrainer checks for it.
@@ -98,8 +105,25 @@ class RewardFeatureConfig(PreTrainedConfig):
             )
         if self.user_prior_precision is not None and not self.user_prior_precision > 0:
             raise ValueError(f"`user_prior_precision` must be > 0 or None, got {self.user_prior_precision}.")
+        if self.user_prior_covariance is not None:
+            self._check_user_prior_covariance()
         if self.num_users < 0:
             raise ValueError(f"`num_users` must be >= 0, got {self.num_users}.")
+
+    def _check_user_prior_covariance(self) -> None:
+        import torch  # the config module stays importable without torch's import cost when unused
+
+        covariance = torch.as_tensor(self.user_prior_covariance, dtype=torch.float64)
+        d = self.num_features
+        if covariance.shape != (d, d):
+            raise ValueError(
+                f"`user_prior_covariance` must be a [num_features, num_features] = [{d}, {d}] matrix, got shape "
+                f"{tuple(covariance.shape)}."
+            )
+        if not torch.isfinite(covariance).all() or not torch.allclose(covariance, covariance.T, atol=1e-6):
+            raise ValueError("`user_prior_covariance` must be a finite symmetric matrix.")
+        if torch.linalg.cholesky_ex(covariance)[1] > 0:
+            raise ValueError("`user_prior_covariance` must be positive definite.")
 
     @property
     def hidden_size(self) -> int:
