@@ -63,7 +63,7 @@ def select_questions(
             far; with no answers yet, the prior).
         candidate_differences (`torch.Tensor` of shape `(users, candidates, d)`): feature differences of the
             comparisons that could be asked (see [`compute_feature_differences`]).
-        num_questions (`int`): questions per user in this round.
+        num_questions (`int`): questions to ask each user before their answers come back.
         available (`torch.BoolTensor` of shape `(users, candidates)`, *optional*): False for padding and for
             comparisons already asked.
 
