@@ -161,6 +161,10 @@ class RewardEngine:
         [`UnknownUserError`] with `unknown_users="error"`."""
         if len(sequences) != len(user_ids):
             raise RequestError(f"{len(user_ids)} users for {len(sequences)} sequences.")
+        if not sequences:  # nothing for the worker to do
+            done = Future()
+            done.set_result(ScoreResult([], []))
+            return done
         return self._batcher.submit(sequences, user_ids)
 
     def score(self, prompts: Sequence, completions: Sequence, user_ids: Sequence) -> ScoreResult:
