@@ -216,6 +216,19 @@ def test_adaptation_is_served_at_once_persisted_and_replaces(tmp_path, tokenizer
         engine.close()
 
 
+def test_serving_in_bfloat16_rewrites_the_other_users_rows_unrounded(tmp_path):
+    model_dir = save_rfm(tmp_path / "rfm")
+    path = os.path.join(model_dir, USER_WEIGHTS_NAME)
+    before = load_user_weights(path).weights
+    engine = RewardEngine.from_arguments(EngineArguments(model_name_or_path=model_dir, device="cpu", dtype="bfloat16"))
+    try:
+        engine.adapt("zoe", [{"chosen": "funny", "rejected": "well maybe so"}] * 3).result()
+    finally:
+        engine.close()
+    after = load_user_weights(path)
+    assert after.user_ids == [*USERS, "zoe"] and torch.equal(after.weights[: len(USERS)], before)
+
+
 def test_a_failed_save_leaves_the_model_and_the_file_as_they_were(tmp_path, monkeypatch):
     model_dir = save_rfm(tmp_path / "rfm")
     path = os.path.join(model_dir, USER_WEIGHTS_NAME)

@@ -86,14 +86,15 @@ class RewardEngine:
         self.user_weights_file = user_weights_file
         self.fingerprint = fingerprint
         self.reward.model.to(reward.device).eval()
-        # The user file's content: rewritten whole, in the precision it was read in, at every addition.
+        # What the user file holds, rewritten whole at every addition: the model's users, with the rows read from the
+        # file when it holds the same users, so that serving in bfloat16 does not round the users it rewrites.
+        self._saved_ids = reward.rfm.user_ids
+        with torch.no_grad():
+            self._saved_rows = reward.rfm.user_weights()[:-1].detach().float().cpu()
         if user_weights_file is not None and os.path.isfile(user_weights_file):
             saved = load_user_weights(user_weights_file, reward.rfm.config.num_features, fingerprint)
-            self._saved_ids, self._saved_rows = list(saved.user_ids), saved.weights
-        else:
-            self._saved_ids = reward.rfm.user_ids
-            with torch.no_grad():
-                self._saved_rows = reward.rfm.user_weights()[:-1].detach().float().cpu()
+            if saved.user_ids == self._saved_ids:
+                self._saved_rows = saved.weights
         self._users = self._snapshot()
         # Request threads and the worker (adapting) share the tokenizer; a fast tokenizer's backend is not meant to be
         # used by two threads at once.
