@@ -110,7 +110,7 @@ def create_app(engine: RewardEngine, args: ServerArguments | None = None) -> Fas
         lengths = (len(request.prompts), len(request.completions), len(request.user_ids))
         if len(set(lengths)) != 1:
             raise RequestError("{} prompts, {} completions and {} user_ids: one of each per sample.".format(*lengths))
-        users = [normalize_request_user(u, i) for i, u in enumerate(request.user_ids)]
+        users = [normalize_request_user(u, f"user_ids[{i}]") for i, u in enumerate(request.user_ids)]
         sequences = await run_in_threadpool(engine.tokenize_pairs, request.prompts, request.completions)
         result = await asyncio.wrap_future(engine.submit(sequences, users))
         return {"rewards": result.rewards}
@@ -125,7 +125,7 @@ def create_app(engine: RewardEngine, args: ServerArguments | None = None) -> Fas
         if not args.allow_adaptation:
             raise RequestError("Adaptation is disabled on this server (--allow_adaptation False).", status_code=403)
         check_size(len(request.comparisons), "comparisons")
-        key = normalize_request_user(user_id, 0, "the path's user_id")
+        key = normalize_request_user(user_id, "the user id in the path")
         comparisons = [c.model_dump(exclude_none=True) for c in request.comparisons]
         result = await asyncio.wrap_future(engine.adapt(key, comparisons))
         logger.info("Adapted user %r from %d comparisons", result.user_id, result.num_comparisons)

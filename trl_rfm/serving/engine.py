@@ -175,7 +175,7 @@ class RewardEngine:
                 f"{len(prompts)} prompts, {len(completions)} completions and {len(user_ids)} user ids: one each per "
                 "sample."
             )
-        users = [normalize_request_user(u, i) for i, u in enumerate(user_ids)]
+        users = [normalize_request_user(u, f"user_ids[{i}]") for i, u in enumerate(user_ids)]
         return self.submit(self.tokenize_pairs(prompts, completions), users).result()
 
     def score_queries(self, queries: Sequence[str], labels: Sequence) -> ScoreResult:

@@ -61,14 +61,15 @@ def user_of_label(label, position: int) -> str:
         raise RequestError(f"labels[{position}]: {error}") from None
 
 
-def normalize_request_user(user_id: Hashable | None, position: int, field_name: str = "user_ids") -> str | None:
-    """A user id of a `/score` request (`None`: the population), normalised as the model keys its users."""
+def normalize_request_user(user_id: Hashable | None, where: str) -> str | None:
+    """A user id of a request (`None`: the population), normalised as the model keys its users; `where` names it in
+    the error (`"user_ids[3]"`)."""
     if user_id is None:
         return None
     try:
         return normalize_user_id(user_id)
     except ValueError as error:
-        raise RequestError(f"{field_name}[{position}]: {error}") from None
+        raise RequestError(f"{where}: {error}") from None
 
 
 def tokenize_query(processing_class: PreTrainedTokenizerBase, query: str) -> list[int]:
@@ -76,7 +77,8 @@ def tokenize_query(processing_class: PreTrainedTokenizerBase, query: str) -> lis
     Token ids of an OpenRLHF query, a whole decoded sequence, as TRL's `RewardTrainer` tokenises plain text (EOS
     appended when missing), except that a query already starting with the tokenizer's BOS gets no second one: OpenRLHF
     decodes with the special tokens, so a chat-templated query carries the template's BOS itself. A conversation
-    templated by the reward model's own chat template then gets the ids its training pairs had.
+    rendered by the reward model's own chat template gets the ids its training pairs had, when the template ends the
+    assistant turn with EOS (one that adds text after it, such as Qwen's newline, loses that last token).
     """
     if not isinstance(query, str):
         raise TypeError(f"A query must be text, got {type(query).__name__}.")
