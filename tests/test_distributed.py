@@ -65,7 +65,7 @@ def _training_args(model: str, output_dir: Path, num_processes: int) -> list[str
 
 def _run(command: list[str], output_dir: Path, threads: int) -> Path:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads)}
-    env["PYTHONFAULTHANDLER"] = "1"  # a rank that aborts (issue 17) prints every thread's Python stack
+    env["PYTHONFAULTHANDLER"] = "1"  # a rank that aborts prints every thread's Python stack
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
         raise AssertionError(
@@ -210,7 +210,7 @@ def test_deepspeed_zero3_lora_two_processes_match_one(reference_lora, tiny_lm_pa
     assert_same_training(reference_lora, output_dir)
 
 
-# Issue 17: a launch aborted now and then after a good save (rank 1: "terminate called without an active exception",
+# A launch aborted now and then after a good save (rank 1: "terminate called without an active exception",
 # SIGABRT, about 1 launch in 30 on a loaded 2-core machine): a gloo worker thread, alive because stale references kept
 # the process group from being freed, needed the GIL during interpreter finalisation (trl_rfm/trainer/process_group.py).
 # A script that does not call `end_training()` must exit 0 every time, under the environment in which the abort was

@@ -65,7 +65,7 @@ def test_rloo_user_conditioned_policy_prints_its_summary(tmp_path):
 
 @pytest.mark.slow
 def test_pretrained_polis_example_saves_the_adapted_newcomer(tmp_path):
-    """`examples/polis_pretrained.py` (issue 14) on the real MiniLM, a short budget: the new participant's row is saved
+    """`examples/polis_pretrained.py` on the real MiniLM, a short budget: the new participant's row is saved
     with the model and is theirs (not the population's), and their ranking of the unseen statements is printed."""
     import re
 

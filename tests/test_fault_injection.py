@@ -1,5 +1,5 @@
 """
-Interrupted saves (issue 15): a save is killed at every file write, link, rename and swap it makes, and the folder must
+Interrupted saves: a save is killed at every file write, link, rename and swap it makes, and the folder must
 then load as the previous model or the new one, never a mix, and never lose the previous one. A kill is an exception
 raised from the step, with the cleanup of the dying save disabled (as under SIGKILL, no `finally` runs); the next save
 must remove what it left behind. Also a real `SIGKILL` of a saving subprocess, Trainer checkpoints and the Hub push's

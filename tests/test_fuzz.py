@@ -1,5 +1,5 @@
 """
-Fuzzing the public entry points with malformed inputs (issue 15): empty, wrong dtype, NaN/inf, wrong shapes, huge
+Fuzzing the public entry points with malformed inputs: empty, wrong dtype, NaN/inf, wrong shapes, huge
 lengths, unicode, duplicated ids. Every outcome must be a result or an error that names the problem: a `ValueError`,
 `TypeError`, `KeyError`, `IndexError` or `FileNotFoundError` with a message of its own, never an internal failure
 (`AttributeError`, torch's `index out of range in self`, a bare `StopIteration`). About 500 generated cases, well under

@@ -1,4 +1,4 @@
-"""Issue 15: each bad input or event of the issue's table gives a result or an error that names the problem."""
+"""Each bad input or event a user can meet gives a result or an error that names the problem."""
 
 import json
 import os

@@ -274,7 +274,7 @@ def test_a_save_that_fails_midway_leaves_the_previous_model(tmp_path, model, lm_
 
 
 def test_an_interrupted_replacement_keeps_the_previous_model(tmp_path, model, lm_path, batch, monkeypatch):
-    # Every kill point of a save is covered by tests/test_fault_injection.py; this is the case of issue 15: killed
+    # Every kill point of a save is covered by tests/test_fault_injection.py; this is the common case: killed
     # while the new files go in, the folder still holds the previous model, whole.
     model.save_pretrained(tmp_path / "rfm")
     from trl_rfm.io import directory

@@ -1,5 +1,5 @@
-"""trl-rfm ends a distributed run at interpreter exit (issue 17): the process groups destroyed and freed, so that no
-gloo worker thread is left to need the GIL while the interpreter finalises (the abort of issue 17, diagnosed from a
+"""trl-rfm ends a distributed run at interpreter exit: the process groups destroyed and freed, so that no
+gloo worker thread is left to need the GIL while the interpreter finalises (an abort diagnosed from a
 core dump in trl_rfm/trainer/process_group.py).
 
 Two processes over gloo (`torchrun`): a DDP-wrapped layer trains a step and is deleted, as a script's last lines
