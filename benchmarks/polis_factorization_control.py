@@ -61,7 +61,7 @@ class FactorizationArguments:
     row_precision: float = field(default=1.0, metadata={"help": "full_batch: prior precision of each row."})
     embedding_l2: float = field(default=1.0, metadata={"help": "full_batch: L2 precision of each statement vector."})
     full_batch_steps: int = field(default=500, metadata={"help": "full_batch: Adam steps (lr 0.05)."})
-    # minibatch: the RFMRewardTrainer recipe of the benchmark (docs/results.md §1)
+    # minibatch: an RFMRewardTrainer recipe (the table at its own rate, the row prior, the covariance penalty)
     learning_rate: float = field(default=3e-3, metadata={"help": "minibatch: lr of the statement vectors."})
     user_weights_learning_rate: float = field(default=3e-2, metadata={"help": "minibatch: lr of the rows."})
     user_weights_l2: float = field(default=0.3, metadata={"help": "minibatch: coefficient of the row prior."})
