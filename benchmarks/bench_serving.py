@@ -163,7 +163,7 @@ def start_server(model_dir: str, args: BenchmarkArguments) -> tuple[subprocess.P
 
 def main(args: BenchmarkArguments) -> None:
     torch.set_num_threads(args.num_threads)
-    console = Console()
+    console = Console(width=120)  # the whole table on one line per row, also when piped
     rows = []
     with tempfile.TemporaryDirectory() as directory:
         model_dir = os.path.join(directory, "rfm")
