@@ -10,6 +10,7 @@ The server runs in a subprocess (`python -m trl_rfm.cli.main serve`), the client
 
     python benchmarks/bench_serving.py                                   # hidden 256, 4 layers, 64 users, batch 64
     python benchmarks/bench_serving.py --concurrency 1,4,16 --requests_per_client 20 --device cuda
+    python benchmarks/bench_serving.py --batch 1 --server_batch_size 64 --requests_per_client 64   # OpenRLHF's size
 """
 
 import os
@@ -49,6 +50,10 @@ class BenchmarkArguments:
     requests_per_client: int = field(default=12, metadata={"help": "Timed requests each client sends."})
     in_process_batches: int = field(
         default=16, metadata={"help": "In-process batches timed per concurrency level (half before, half after)."}
+    )
+    server_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "The server's --batch_size (sequences per pass, merged across requests); default: --batch."},
     )
     device: str = field(default="cpu", metadata={"help": "Device of both the server and the in-process reference."})
     num_threads: int = field(default=1, metadata={"help": "torch CPU threads, in-process and in the server."})
@@ -136,16 +141,8 @@ def start_server(model_dir: str, args: BenchmarkArguments) -> tuple[subprocess.P
     env = {**os.environ, "OMP_NUM_THREADS": str(args.num_threads), "HF_HUB_OFFLINE": "1"}
     env.pop("TRL_RFM_API_KEY", None)
     command = [sys.executable, "-m", "trl_rfm.cli.main", "serve", "--model_name_or_path", model_dir]
-    command += [
-        "--port",
-        str(port),
-        "--device",
-        args.device,
-        "--batch_size",
-        str(args.batch),
-        "--log_level",
-        "warning",
-    ]
+    batch_size = str(args.server_batch_size or args.batch)
+    command += ["--port", str(port), "--device", args.device, "--batch_size", batch_size, "--log_level", "warning"]
     process = subprocess.Popen(command, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -196,7 +193,8 @@ def main(args: BenchmarkArguments) -> None:
             process.wait(timeout=60)
     table = Table(
         title=f"Serving: hidden {args.hidden_size}, {args.num_layers} layers, {args.num_users} users, batch "
-        f"{args.batch}, {args.device}, {args.num_threads} torch thread(s)"
+        f"{args.batch} (server passes of {args.server_batch_size or args.batch}), {args.device}, {args.num_threads} "
+        "torch thread(s)"
     )
     columns = ("clients", "serve rewards/s", "in-process rewards/s", "ratio", "serve p50 / p99 ms")
     for column in (*columns, "in-process p50 / p99 ms"):
