@@ -8,11 +8,13 @@ import dataclasses
 import ipaddress
 import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 
 API_KEY_VARIABLE = "TRL_RFM_API_KEY"
 ENVIRONMENT_PREFIX = "TRL_RFM_"
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+DTYPES = get_args(Dtype)
 
 
 @dataclass
@@ -42,12 +44,14 @@ class EngineArguments:
         default=None,
         metadata={"help": "Longer sequences keep their last tokens. Default: the trunk's position limit."},
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
-        default="auto", metadata={"help": "Weights' dtype. `auto`: as saved."}
-    )
+    dtype: Dtype = field(default="auto", metadata={"help": "Weights' dtype. `auto`: as saved."})
     device: str = field(default="auto", metadata={"help": "`auto` (the GPU when there is one), `cpu`, `cuda:0`, ..."})
 
     def __post_init__(self):
+        # Also checked here, not only by the command line's choices: `from_environment` builds these from strings.
+        for name, choices in (("unknown_users", ("population", "error")), ("dtype", DTYPES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}.")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}.")
         if self.max_length is not None and self.max_length < 1:
@@ -62,7 +66,11 @@ class EngineArguments:
         for item in dataclasses.fields(cls):
             raw = os.environ.get(ENVIRONMENT_PREFIX + item.name.upper())
             if raw is not None and raw != "":
-                values[item.name] = int(raw) if item.name in ("batch_size", "max_length") else raw
+                values[item.name] = raw
+                if item.name in ("batch_size", "max_length"):
+                    if not raw.isdigit():
+                        raise ValueError(f"{ENVIRONMENT_PREFIX}{item.name.upper()}={raw!r} is not a whole number.")
+                    values[item.name] = int(raw)
         if "model_name_or_path" not in values and os.environ.get(ENVIRONMENT_PREFIX + "MODEL"):
             values["model_name_or_path"] = os.environ[ENVIRONMENT_PREFIX + "MODEL"]
         values.update({key: value for key, value in overrides.items() if value is not None})

@@ -252,7 +252,7 @@ class RewardEngine:
                     max_length=self.reward.max_length,
                     show_progress=False,
                 )
-        except (ValueError, TypeError, KeyError) as error:
+        except TOKENIZATION_ERRORS as error:
             raise RequestError(f"The comparisons cannot be used: {error}") from None
         try:
             saved_ids, saved_rows = self._with_user(user_id, weights[0])
@@ -295,7 +295,10 @@ def comparisons_dataset(comparisons: list[dict], user_id: str):
         )
     columns = ("prompt", "chosen", "rejected") if has_prompt.pop() else ("chosen", "rejected")
     rows = [{**{key: c[key] for key in columns}, "user_id": user_id} for c in comparisons]
-    return Dataset.from_list(rows)
+    try:
+        return Dataset.from_list(rows)
+    except (ValueError, TypeError) as error:  # Arrow's errors: messages whose fields differ from row to row
+        raise RequestError(f"The comparisons cannot form a dataset: {error}") from None
 
 
 def _tokenization_errors() -> tuple[type[BaseException], ...]:
