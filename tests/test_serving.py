@@ -333,6 +333,10 @@ def test_cli_lists_serve_and_refuses_a_public_address_without_a_key(monkeypatch,
 
     main(["--help"])
     assert "serve" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage: trl-rfm serve") and "--unknown_users {population,error}" in usage
     monkeypatch.delenv("TRL_RFM_API_KEY", raising=False)
     with pytest.raises(ValueError, match="--host 0.0.0.0 accepts connections from other machines"):
         ServerArguments(host="0.0.0.0")
