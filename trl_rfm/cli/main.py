@@ -18,6 +18,7 @@ COMMANDS = {
         "trl_rfm.cli.serve",
         "Serve every user's reward over HTTP (OpenRLHF's remote reward; online adaptation).",
     ),
+    "data": ("trl_rfm.cli.data", "Fetch and check a real dataset that is not on the Hub: `data fetch polis`."),
 }
 
 

@@ -16,9 +16,11 @@ Pairs derived from per-item judgements share items; split per user *items* with 
 [`split_polis_votes`]) before forming pairs, and users with [`split_users`]; [`pairs_from_ratings`] forms the pairs and
 [`split_rated_items_for_evaluation`] does both for an evaluation. [`load_data_file`] reads a local JSON/JSONL/CSV/Parquet
 file of comparisons. The Polis evaluations' parts (participants, statements and votes split before pairs) come from
-[`polis_evaluation_parts`] and [`polis_unseen_statement_parts`].
+[`polis_evaluation_parts`] and [`polis_unseen_statement_parts`]. The Polis conversations come from a git repository, not the Hub:
+[`fetch_polis`] (`trl-rfm data fetch polis`) fetches and checks them, into [`default_polis_dir`] by default.
 """
 
+from .fetch import POLIS_MANIFEST, DataManifest, check_data_files, default_polis_dir, fetch_data, fetch_polis
 from .pairs import pairs_from_ratings, split_pairs_by_user, split_rated_items_for_evaluation
 from .personal_llm import (
     PERSONAL_LLM_REWARD_MODELS,
@@ -53,9 +55,15 @@ __all__ = [
     "CANONICAL_COLUMNS",
     "PERSONAL_LLM_REWARD_MODELS",
     "POLIS_ATTRIBUTION",
+    "POLIS_MANIFEST",
     "ULTRAFEEDBACK_P_ATTRIBUTES",
+    "DataManifest",
     "add_statement_ids",
+    "check_data_files",
+    "default_polis_dir",
     "detect_reward_models",
+    "fetch_data",
+    "fetch_polis",
     "index_polis_statements",
     "list_polis_conversations",
     "load_data_file",
