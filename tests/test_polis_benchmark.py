@@ -3,16 +3,15 @@ conversation, a few dozen participants): the vote-level split leaks nothing, and
 well-formed. Skipped when the shared Polis data (CC BY 4.0, The Computational Democracy Project) is not present."""
 
 import math
-import os
 
 import polis_benchmark
 import pytest
 
+from trl_rfm.data import default_polis_dir
 
-DATA_DIR = os.environ.get("TRL_RFM_POLIS_DIR", polis_benchmark.DEFAULT_DATA_DIR)
-pytestmark = pytest.mark.skipif(
-    not os.path.isdir(os.path.join(DATA_DIR, "15-per-hour-seattle")), reason=f"Polis data not found at {DATA_DIR}"
-)
+
+DATA_DIR = default_polis_dir()
+pytestmark = pytest.mark.polis_data("15-per-hour-seattle")
 
 
 def _arguments(tmp_path, **overrides):

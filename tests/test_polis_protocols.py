@@ -9,11 +9,13 @@ import numpy as np
 import polis_protocols
 import pytest
 
+from trl_rfm.data import default_polis_dir
 
-DATA_DIR = os.environ.get("TRL_RFM_POLIS_DIR", polis_protocols.DEFAULT_DATA_DIR)
+
+DATA_DIR = default_polis_dir()
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(DATA_DIR, "15-per-hour-seattle")), reason="no Polis data")
+@pytest.mark.polis_data("15-per-hour-seattle")
 def test_summary_pairs_each_raters_rfm_accuracy_with_the_rm(tmp_path):
     args = polis_protocols.ProtocolArguments(
         data_dir=DATA_DIR,

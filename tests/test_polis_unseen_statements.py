@@ -9,13 +9,12 @@ import numpy as np
 import polis_unseen_statements as polis_unseen
 import pytest
 
+from trl_rfm.data import default_polis_dir
 
-DATA_DIR = os.environ.get("TRL_RFM_POLIS_DIR", polis_unseen.DEFAULT_DATA_DIR)
+
+DATA_DIR = default_polis_dir()
 CONVERSATION = "15-per-hour-seattle"
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not os.path.isdir(os.path.join(DATA_DIR, CONVERSATION)), reason="no Polis data"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.polis_data(CONVERSATION)]
 
 
 def _arguments(tmp_path, trunk: str) -> "polis_unseen.Arguments":
