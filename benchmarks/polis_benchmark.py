@@ -2,10 +2,12 @@
 Polis benchmark: personalised reward models on real per-person opinions, evaluated on participants never seen in
 training, as a function of the number `k` of their comparisons used to adapt.
 
-Data: six English Polis conversations (`../shared/data/polis`). Pairs are *derived from votes*: within one participant
-and one conversation, a statement they agreed with is preferred to one they disagreed with (prompt = the
-conversation's topic). Attribution (CC BY 4.0): Data was gathered using the Polis software (compdemocracy.org/polis)
-and is sub-licensed under CC BY 4.0 with Attribution to The Computational Democracy Project.
+Data: six English Polis conversations, read from `--data_dir` (default `$TRL_RFM_POLIS_DIR`, else
+`../shared/data/polis` beside the repository; `trl-rfm data fetch polis` fetches them, see docs/datasets.md). Pairs
+are *derived from votes*: within one participant and one conversation, a statement they agreed with is preferred to
+one they disagreed with (prompt = the conversation's topic). Attribution (CC BY 4.0): Data was gathered using the
+Polis software (compdemocracy.org/polis) and is sub-licensed under CC BY 4.0 with Attribution to The Computational
+Democracy Project.
 
 Protocol, per seed (no leakage: every split is made on votes, before pairs are formed):
 1. participants are split 80/20 into training and held-out participants;
@@ -70,6 +72,7 @@ from trl_rfm.adaptation.features import compute_response_features  # noqa: E402
 from trl_rfm.data import (  # noqa: E402
     POLIS_ATTRIBUTION,
     add_statement_ids,
+    default_polis_dir,
     load_polis_votes,
     polis_evaluation_parts,
     sample_users,
@@ -79,12 +82,18 @@ from trl_rfm.testing import build_tokenizer  # noqa: E402
 from trl_rfm.testing.from_scratch import ModelArguments, train_reward_model, train_rfm  # noqa: E402
 
 
-DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "polis")
+DEFAULT_DATA_DIR = default_polis_dir()  # $TRL_RFM_POLIS_DIR, else ../shared/data/polis beside the checkout
 
 
 @dataclass
 class PolisArguments(ModelArguments):
-    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Folder of the Polis conversations."})
+    data_dir: str = field(
+        default=DEFAULT_DATA_DIR,
+        metadata={
+            "help": "Folder of the Polis conversations (`trl-rfm data fetch polis` fetches them). Default: "
+            "$TRL_RFM_POLIS_DIR, else ../shared/data/polis beside the repository."
+        },
+    )
     conversations: str | None = field(default=None, metadata={"help": "Comma-separated conversations (default all)."})
     seeds: str = field(default="0,1,2", metadata={"help": "Comma-separated seeds (one split + training each)."})
     heldout_fraction: float = field(default=0.2, metadata={"help": "Fraction of participants held out."})

