@@ -317,35 +317,67 @@ def test_feature_head_learning_rate_keeps_weight_decay_of_its_groups(tmp_path, s
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_new_users_prior_is_stored_at_the_end_of_training(tmp_path, synthetic_strong, tokenizer, tiny_lm, lora):
-    """The prior of new users is read from the trained rows once, stored with the model, and not moved by users
-    adapted afterwards (their MAP rows sit closer to the population than trained rows)."""
-    from trl_rfm import adapt_users, prior_from_model
+    """The new users' prior is fitted on the final features once (empirical Bayes, around the trained population),
+    the training users' rows are their exact fits under it, and users adapted afterwards do not move it."""
+    from trl_rfm import adapt_users, fit_user_weights, prior_from_model
+    from trl_rfm.adaptation.empirical_bayes import response_reuse_weights
+    from trl_rfm.adaptation.features import compute_feature_differences, group_by_user
+    from trl_rfm.trainer.user_prior_fit import sample_pairs_per_user
 
     trainer = RFMRewardTrainer(
         model=tiny_lm,
-        args=_args(tmp_path, num_train_epochs=2),
+        args=_args(tmp_path, num_train_epochs=2, user_prior_max_pairs_per_user=24),
         train_dataset=synthetic_strong.train,
         processing_class=tokenizer,
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]) if lora else None,
     )
     model = trainer.model
-    assert model.config.user_prior_precision is None
+    assert model.config.user_prior_covariance is None
     trainer.train()
-    population, stored = prior_from_model(model)
-    _, from_rows = prior_from_model(model, use_stored=False)
-    assert stored == model.config.user_prior_precision == pytest.approx(from_rows, rel=1e-6)
-    table = model.user_weights().float()
-    assert stored == pytest.approx(1 / (table[:-1] - table[-1]).pow(2).mean().item(), rel=1e-6)
+    population, precision = prior_from_model(model)
+    covariance = torch.tensor(model.config.user_prior_covariance)
+    d = model.config.num_features
+    assert precision.shape == (d, d)
+    torch.testing.assert_close(precision @ covariance, torch.eye(d), atol=1e-3, rtol=0)
+    _, isotropic = prior_from_model(model, isotropic=True)
+    assert isotropic == model.config.user_prior_precision == pytest.approx(d / covariance.trace().item(), rel=1e-5)
+
+    # The rows are the users' MAP weights under the stored prior, on the pairs the fit drew.
+    dataset = trainer.train_dataset
+    pairs = dataset.select(sample_pairs_per_user(dataset["user_index"], 24, trainer.args.seed))
+    differences = compute_feature_differences(model, tokenizer, pairs, show_progress=False)
+    chosen, rejected = ([tuple(ids) for ids in pairs[c]] for c in ("chosen_ids", "rejected_ids"))
+    weights = response_reuse_weights(pairs["user_index"], chosen, rejected).float()
+    num_users = model.num_users
+    x, _, _ = group_by_user(differences, pairs["user_index"], range(num_users))
+    mask = group_by_user(weights[:, None], pairs["user_index"], range(num_users))[0][..., 0]
+    expected = fit_user_weights(x, mask, population, precision)
+    torch.testing.assert_close(model.get_user_weights().float().detach(), expected, atol=2e-4, rtol=1e-3)
 
     adapt_users(model, tokenizer, synthetic_strong.heldout, l2=1e3, show_progress=False)  # rows near the population
-    _, after = prior_from_model(model)
-    _, rows_after = prior_from_model(model, use_stored=False)
-    assert after == stored
-    assert rows_after > 1.2 * stored  # what the prior would have drifted to
+    torch.testing.assert_close(prior_from_model(model)[1], precision)
     torch.testing.assert_close(prior_from_model(model)[0], population)
 
     trainer.save_model(str(tmp_path / "saved"))
     backbone = {"backbone": build_tiny_causal_lm(tokenizer)} if lora else {}  # an adapter needs its trunk
     reloaded = RewardFeatureModel.from_pretrained(str(tmp_path / "saved"), **backbone)
-    assert reloaded.config.user_prior_precision == pytest.approx(stored, rel=1e-6)
-    assert prior_from_model(reloaded)[1] == pytest.approx(stored, rel=1e-6)
+    torch.testing.assert_close(prior_from_model(reloaded)[1], precision)
+    assert reloaded.config.user_prior_precision == pytest.approx(isotropic, rel=1e-6)
+
+
+def test_rows_prior_reads_the_trained_rows(tmp_path, synthetic_strong, tokenizer, tiny_lm):
+    """`user_prior="rows"`: the isotropic precision of the trained rows' spread, and the rows left as trained."""
+    from trl_rfm import prior_from_model
+
+    trainer = RFMRewardTrainer(
+        model=tiny_lm,
+        args=_args(tmp_path, num_train_epochs=1, user_prior="rows"),
+        train_dataset=synthetic_strong.train,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    model = trainer.model
+    _, stored = prior_from_model(model)
+    table = model.user_weights().float()
+    assert model.config.user_prior_covariance is None
+    assert stored == pytest.approx(1 / (table[:-1] - table[-1]).pow(2).mean().item(), rel=1e-6)

@@ -15,6 +15,8 @@ towards `tr(covariance) / d * I` (Ledoit-Wolf style) so that directions no train
 little. With `k` comparisons a new user then spends them on the directions where users really differ.
 """
 
+from collections import Counter
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +58,24 @@ def shrink_covariance(covariance: torch.Tensor, shrinkage: float) -> torch.Tenso
     return (1 - shrinkage) * covariance + shrinkage * target
 
 
+def response_reuse_weights(
+    user_ids: Sequence[Hashable], chosen: Sequence[Hashable], rejected: Sequence[Hashable]
+) -> torch.Tensor:
+    """
+    A weight per pair that counts the evidence of each of a user's responses once: the mean of `1 / n` over its two
+    responses, `n` the number of that user's pairs the response is in. Pairs whose responses are all distinct weigh 1;
+    pairs derived from ratings (`a` liked x `b` disliked items of one user) weigh `(1/a + 1/b) / 2`, so that the
+    user's `a * b` pairs count as `(a + b) / 2`. Treated as independent, such pairs make every user look `ab / (a + b)`
+    times more certain than their `a + b` ratings warrant, and the fitted prior far too loose (on Polis an isotropic
+    equivalent precision of 2-3 where the trained rows' spread and held-out users say 17).
+    """
+    counts = Counter((u, r) for u, c, j in zip(user_ids, chosen, rejected) for r in (c, j))
+    return torch.tensor(
+        [0.5 / counts[(u, c)] + 0.5 / counts[(u, j)] for u, c, j in zip(user_ids, chosen, rejected)],
+        dtype=torch.float64,
+    )
+
+
 @torch.no_grad()
 def fit_user_prior(
     feature_differences: torch.Tensor,
@@ -63,6 +83,7 @@ def fit_user_prior(
     mean: torch.Tensor | None = None,
     covariance: torch.Tensor | None = None,
     shrinkage: float = DEFAULT_SHRINKAGE,
+    fit_mean: bool = True,
     max_iter: int = 30,
     tol: float = 1e-3,
 ) -> tuple[UserPrior, UserPosterior]:
@@ -71,10 +92,13 @@ def fit_user_prior(
 
     Args:
         feature_differences (`torch.Tensor` of shape `(users, pairs, d)`), mask (`(users, pairs)`, *optional*): the
-            users' comparisons on frozen features, as in [`fit_user_weights`]. Users without pairs are left out.
+            users' comparisons on frozen features, as in [`fit_user_weights`]; weigh pairs derived from ratings with
+            [`response_reuse_weights`] in `mask`. Users without pairs are left out.
         mean (`torch.Tensor` of shape `(d,)`, *optional*), covariance (`(d, d)`, *optional*): the starting prior
             (e.g. the trained population weights and the rows' spread); zeros and the identity if `None`.
         shrinkage (`float`): weight in [0, 1) of the isotropic target in each M-step.
+        fit_mean (`bool`): also fit the mean (else it stays at `mean`, e.g. population weights trained for unknown
+            users, and only the covariance around it is fitted).
         max_iter (`int`): EM iterations at most.
         tol (`float`): stop when the mean and covariance change by less than `tol` relative to the covariance's scale.
 
@@ -98,7 +122,7 @@ def fit_user_prior(
     prior = UserPrior(mean=mean, covariance=covariance)
     for _ in range(max_iter):
         posterior = fit_user_posterior(x, mask, prior.mean, prior.precision)
-        new_mean = posterior.mean.mean(0)  # [d]
+        new_mean = posterior.mean.mean(0) if fit_mean else prior.mean  # [d]
         deviations = posterior.mean - new_mean  # [U, d]
         new_covariance = (deviations.T @ deviations + posterior.covariance.sum(0)) / deviations.shape[0]
         new_prior = UserPrior(mean=new_mean, covariance=shrink_covariance(new_covariance, shrinkage))

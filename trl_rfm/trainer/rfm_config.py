@@ -67,6 +67,20 @@ class RFMConfig(RewardConfig):
             (`docs/results.md` section 3). Above the floor the head follows the trunk: 10 x `learning_rate` doubled
             the gain from adapting new Polis participants once, but lowered the demo's accuracy on its training
             raters (0.92 -> 0.84) and collapsed the features at 200 pairs per participant (section 1.1).
+        user_prior (`str`, *optional*, defaults to `"empirical_bayes"`):
+            The prior of new users' weights, stored in the model at the end of `train()` and returned by
+            [`prior_from_model`]. `"empirical_bayes"`: `N(w_pop, covariance)` with the covariance fitted to the training
+            users' comparisons on the final features ([`fit_user_prior`], pairs weighted by
+            [`response_reuse_weights`]), so that a new user's few comparisons move them along the directions where
+            users differ; `"rows"`: `N(w_pop, I / p)`, `p` read off the trained rows' spread.
+        user_prior_shrinkage (`float`, *optional*, defaults to `0.5`):
+            Weight of the isotropic target `tr(covariance) / d * I` in the fitted covariance.
+        user_prior_max_pairs_per_user (`int`, *optional*, defaults to `64`):
+            Comparisons of each training user (a seeded uniform draw) read by the end-of-training fit; its cost is one
+            forward pass over their distinct responses plus a few seconds of batched Newton steps.
+        refit_user_weights (`bool`, *optional*, defaults to `True`):
+            With `user_prior="empirical_bayes"`, replace each training user's row by its fit on the final features
+            under the fitted prior: rows trained by sparse SGD lag the features they are read with.
         feature_covariance_l2 (`float`, *optional*, defaults to `0.0`):
             Coefficient of `||Cov(phi) - I||_F^2 / d` over the responses of each batch: pushes the features towards
             decorrelated, unit-variance directions, which fixes their scale without a non-linear normalisation and
@@ -148,6 +162,30 @@ class RFMConfig(RewardConfig):
         },
     )
 
+    user_prior: str = field(
+        default="empirical_bayes",
+        metadata={
+            "help": "New users' prior, stored at the end of training: `empirical_bayes` fits its covariance to the "
+            "training users' comparisons on the final features; `rows` reads an isotropic precision off the rows.",
+            "choices": ["empirical_bayes", "rows"],
+        },
+    )
+    user_prior_shrinkage: float = field(
+        default=0.5,
+        metadata={"help": "Weight in [0, 1) of the isotropic target in the fitted prior covariance."},
+    )
+    user_prior_max_pairs_per_user: int = field(
+        default=64,
+        metadata={"help": "Comparisons per training user (a seeded uniform draw) the end-of-training fit reads."},
+    )
+    refit_user_weights: bool = field(
+        default=True,
+        metadata={
+            "help": "With `user_prior='empirical_bayes'`, replace each training user's row by its fit on the final "
+            "features under the fitted prior (rows trained by sparse SGD lag the features)."
+        },
+    )
+
     def __post_init__(self):
         # Checked before TRL's own checks, so that a bad model option is reported whatever the machine.
         if not isinstance(self.num_features, int) or isinstance(self.num_features, bool) or self.num_features < 1:
@@ -166,5 +204,13 @@ class RFMConfig(RewardConfig):
         for name in ("user_weights_learning_rate", "feature_head_learning_rate"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` must be > 0 or None, got {getattr(self, name)}.")
+        if self.user_prior not in ("empirical_bayes", "rows"):
+            raise ValueError(f"`user_prior` must be 'empirical_bayes' or 'rows', got {self.user_prior!r}.")
+        if not 0 <= self.user_prior_shrinkage < 1:
+            raise ValueError(f"`user_prior_shrinkage` must be in [0, 1), got {self.user_prior_shrinkage}.")
+        if self.user_prior_max_pairs_per_user < 1:
+            raise ValueError(
+                f"`user_prior_max_pairs_per_user` must be >= 1, got {self.user_prior_max_pairs_per_user}."
+            )
         if self.user_weights_l2 < 0:
             raise ValueError(f"`user_weights_l2` must be >= 0, got {self.user_weights_l2}.")

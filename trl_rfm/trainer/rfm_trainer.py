@@ -75,6 +75,7 @@ from .peft_defaults import fill_default_targets
 from .process_group import release_process_groups_at_exit
 from .rfm_config import RFMConfig
 from .user_index import USER_INDEX, UserIndexCollator, collect_user_ids, resolve_user_column
+from .user_prior_fit import fit_prior_after_training
 from .validation import (
     check_preference_columns,
     clamp_max_length,
@@ -185,20 +186,24 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
         )
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
-        """`Trainer.train`, then the prior of new users read from the trained rows and stored in the model's config
-        (`RewardFeatureConfig.user_prior_precision`), so that users adapted later do not move it."""
+        """`Trainer.train`, then the new users' prior fitted on the final features and stored in the model's config
+        (`args.user_prior`; `trainer/user_prior_fit.py`), so that users adapted later do not move it, and the training
+        users' rows refitted under it (`args.refit_user_weights`)."""
         output = super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
-        self._store_user_prior_precision()
+        self._store_user_prior()
         return output
 
     @torch.no_grad()
-    def _store_user_prior_precision(self) -> None:
+    def _store_user_prior(self) -> None:
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         base_model = model.get_base_model() if is_peft_model(model) else model
         if not isinstance(base_model, RewardFeatureModel) or base_model.num_users < 2:
             return
-        # Every rank reads the table through its forward: under ZeRO-3 that gathers it on all ranks together.
-        _, base_model.config.user_prior_precision = prior_from_model(model, use_stored=False)
+        if self.args.user_prior == "empirical_bayes":
+            fit_prior_after_training(model, self.train_dataset, self.processing_class, self.args)
+        else:
+            # Every rank reads the table through its forward: under ZeRO-3 that gathers it on all ranks together.
+            _, base_model.config.user_prior_precision = prior_from_model(model, use_stored=False)
 
     # ------------------------------------------------------------------ model
     @staticmethod
