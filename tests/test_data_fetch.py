@@ -123,7 +123,7 @@ def test_cli_fetches_into_output_dir(stand_in, tmp_path, monkeypatch, capsys):
     output_dir = tmp_path / "polis"
     main(["data", "fetch", "polis", "--output_dir", str(output_dir)])
     out = capsys.readouterr().out
-    assert "Fetched 9 files; every row count matches the manifest." in out
+    assert "Fetched 8 files (and UPSTREAM_README.md); every row count matches the manifest." in out
     assert f"--data_dir {output_dir}" in out and "CC BY 4.0" in out
     main(["data", "fetch", "polis", "--output_dir", str(output_dir)])
     assert "Nothing fetched" in capsys.readouterr().out

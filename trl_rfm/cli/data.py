@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     written = fetch_data(output_dir, manifest)
     if written:
-        print(f"Fetched {len(written)} files; every row count matches the manifest.")
+        copied = f" (and {', '.join(manifest.copied_files.values())})" if manifest.copied_files else ""
+        print(f"Fetched {len(manifest.files)} files{copied}; every row count matches the manifest.")
     else:
         print("Already there: every file present, every row count matches the manifest. Nothing fetched.")
     if name == "polis":
