@@ -1,6 +1,6 @@
 """
 Protocol robustness on Polis: the library's **defaults** (no RFM flag is set here) against stock `trl.RewardTrainer`,
-under several training protocols, on participants never seen in training (issue 12's acceptance benchmark).
+under several training protocols, on participants never seen in training.
 
 Data: the six English Polis conversations (`../shared/data/polis`). Pairs are *derived from votes* (within one
 participant, a statement they agreed with is preferred to one they disagreed with); every split is made on votes before
@@ -14,12 +14,18 @@ and a test part. A from-scratch word-level transformer is trained twice from the
 (`RFMRewardTrainer`, library defaults) and as a non-adaptive RM (`trl.RewardTrainer`). Held-out participants are
 adapted the documented way (`prior_from_model`, as `trl_rfm.adapt_users` does) on k of their pool pairs (5 draws).
 Reported per protocol, over all held-out participants of all splits: RM accuracy, the RFM's gain over the RM at each k
-(paired per rater: mean and standard error), the training participants' own rows against the population weights on
-their `val` pairs, and the effective dimension of the features over all statements.
+(paired per rater: mean and standard error), the same with the isotropic prior of equal total spread
+(`prior_from_model(isotropic=True)`), the training participants' own rows against the population weights on their
+`val` pairs, the effective dimension of the features over all statements (and orthogonally to the population
+weights), and **best-of-n agreement**: among n statements of a held-out participant's test votes, how often the one
+the reward ranks first is one they agreed with (the RFM adapted on k pool pairs against the RM; what a best-of-n
+policy would pick).
 
     python benchmarks/polis_protocols.py                                   # all protocols, 3 splits, 200 pairs each
     python benchmarks/polis_protocols.py --protocols h64_e1_b32_lr1e-3 --seeds 0 --max_train_pairs_per_user 50
     python benchmarks/polis_protocols.py --merge runs/s0/results.json,runs/s1/results.json   # splits run apart
+    python benchmarks/polis_protocols.py --protocols h128_e1_b32_lr1e-3 --train_fraction 0.4 \
+        --conversations scoop-hivemind.affordable-housing,scoop-hivemind.taxes,scoop-hivemind.ubi   # held-out protocol
 
 A protocol is `h<hidden>_e<epochs>_b<pairs per batch>_lr<learning rate>`.
 """
@@ -71,15 +77,11 @@ class ProtocolArguments:
             "results.json under `curves_by_prior`."
         },
     )
-    refit_training_users: bool = field(
-        default=False,
-        metadata={
-            "help": "Diagnostic: after the measurements, refit the training participants' rows exactly on the trained "
-            "features (`adapt_users` on the training pairs with the model's prior) and report their own-row gain, its "
-            "seconds, the precision `prior_from_model` returns afterwards (the one stored at the end of training), the "
-            "precision the refitted rows would give (`use_stored=False`), and new participants adapted with each."
-        },
+    train_fraction: float = field(
+        default=1.0,
+        metadata={"help": "Train on a uniform (seeded) subsample of this fraction of the training pairs."},
     )
+    best_of: str = field(default="4,16", metadata={"help": "Comma-separated n of the best-of-n agreement."})
     num_workers: int = field(default=2, metadata={"help": "Parallel jobs (processes of one thread each); 1: inline."})
     output_dir: str = field(default="runs/polis_protocols", metadata={"help": "Where results.json is written."})
     merge: str | None = field(
@@ -123,6 +125,12 @@ def _run_job(args: ProtocolArguments, protocol: str, seed: int, method: str) -> 
     parts = polis_evaluation_parts(
         votes, seed, max_train_pairs_per_user=args.max_train_pairs_per_user, **HELD_OUT_SPLIT
     )
+    if args.train_fraction < 1:
+        generator = torch.Generator().manual_seed(seed)
+        kept = torch.randperm(len(parts["train"]), generator=generator)[
+            : int(args.train_fraction * len(parts["train"]))
+        ]
+        parts["train"] = parts["train"].select(kept.sort().values.tolist())
     tokenizer = build_tokenizer(texts + [" :"])
     cache = {}
     names = ("train", "val", "heldout_adaptation", "heldout_test")
@@ -141,11 +149,19 @@ def _run_job(args: ProtocolArguments, protocol: str, seed: int, method: str) -> 
         featurize = lambda d: compute_feature_differences(model, tokenizer, d, 256, show_progress=False)  # noqa: E731
     result["train_seconds"] = time.time() - t
     test_x, test_mask, _ = group_by_user(featurize(parts["heldout_test"]), parts["heldout_test"]["user_id"], users)
+    statements = test_statements(parts["heldout_test"], users)
+    statement_x = compute_response_features(model, tokenizer, *statements.texts) if method == "rfm" else None
+    best_of = [int(n) for n in args.best_of.split(",")]
     if method == "rm":
         result["accuracy"] = per_rater_accuracy(torch.einsum("upd,d->up", test_x, head), test_mask).tolist()
+        rewards = reward_model_scores(model, tokenizer, *statements.texts)
+        result["best_of_n"] = {
+            n: best_of_n_agreement(statements, rewards.expand(len(users), -1), n, seed) for n in best_of
+        }
         return result
 
     population, l2 = prior_from_model(model)
+    _, isotropic_l2 = prior_from_model(model, isotropic=True)
     pool_x, pool_mask, _ = group_by_user(
         featurize(parts["heldout_adaptation"]), parts["heldout_adaptation"]["user_id"], users
     )
@@ -162,6 +178,14 @@ def _run_job(args: ProtocolArguments, protocol: str, seed: int, method: str) -> 
         return curve
 
     curves = accuracy_curve(l2)
+    result["curves_isotropic"] = accuracy_curve(isotropic_l2)
+    result["best_of_n"] = {}
+    for n in best_of:
+        result["best_of_n"][n] = {}
+        for k in [k for k in draws if k in (0, 20)]:  # the population and a typical adaptation budget
+            rates = [best_of_n_agreement(statements, fit_user_weights(pool_x, mask, population, l2) @ statement_x.T, n, seed)
+                     for mask in draws[k]]  # fmt: skip
+            result["best_of_n"][n][k] = np.nanmean(np.array(rates), axis=0).tolist()
     if args.prior_precisions:
         result["curves_by_prior"] = {float(p): accuracy_curve(float(p)) for p in args.prior_precisions.split(",")}
     val_x, val_mask, val_users = group_by_user(featurize(parts["val"]), parts["val"]["user_id"])
@@ -175,33 +199,85 @@ def _run_job(args: ProtocolArguments, protocol: str, seed: int, method: str) -> 
 
     own = own_rows_accuracy()
     population_accuracy = per_rater_accuracy(torch.einsum("upd,d->up", val_x, population), val_mask)
-    if args.refit_training_users:
-        from trl_rfm import adapt_users
-
-        t = time.time()
-        adapt_users(model, tokenizer, parts["train"], batch_size=256, show_progress=False)
-        refit_seconds = time.time() - t
-        _, precision_after = prior_from_model(model)
-        _, rows_precision_after = prior_from_model(model, use_stored=False)
-        result["refit"] = {
-            "own_row_gain": (own_rows_accuracy() - population_accuracy).nanmean().item(),
-            "seconds": refit_seconds,
-            "prior_precision_after": precision_after,
-            "rows_precision_after": rows_precision_after,
-            # New participants adapted with the model's prior after the refit, and with the refitted rows' spread.
-            "curves_after": accuracy_curve(precision_after),
-            "curves_with_rows_precision": accuracy_curve(rows_precision_after),
-        }
     statements = sorted(set(votes["statement"]))
     phi = compute_response_features(model, tokenizer, [parts["train"][0]["prompt"]] * len(statements), statements)
+    population_direction = population / population.norm()
     result.update(
         curves=curves,
-        prior_precision=l2,
+        prior_precision=isotropic_l2,
+        effective_dimension_off_population=effective_dimension(
+            phi - (phi @ population_direction)[:, None] * population_direction
+        ),
         own_row_gain=(own - population_accuracy).nanmean().item(),
         effective_dimension=effective_dimension(phi),
         seconds=time.time() - start,
     )
     return result
+
+
+@dataclass
+class HeldOutStatements:
+    """Each held-out participant's test statements: `texts` = (prompts, statements) of the distinct statements, and
+    per participant the indices of the ones they agreed with and disagreed with."""
+
+    texts: tuple[list[str], list[str]]
+    agreed: list[list[int]]
+    disagreed: list[list[int]]
+
+
+def test_statements(test_pairs, users: list[str]) -> HeldOutStatements:
+    """The statements of the held-out participants' test pairs (chosen: agreed, rejected: disagreed)."""
+    index, prompts, texts = {}, [], []
+    agreed = {u: set() for u in users}
+    disagreed = {u: set() for u in users}
+    for row in test_pairs.select_columns(["prompt", "chosen", "rejected", "user_id"]):
+        for column, votes in (("chosen", agreed), ("rejected", disagreed)):
+            key = (row["prompt"], row[column])
+            if key not in index:
+                index[key] = len(texts)
+                prompts.append(row["prompt"])
+                texts.append(row[column])
+            votes[row["user_id"]].add(index[key])
+    return HeldOutStatements(
+        (prompts, texts), [sorted(agreed[u]) for u in users], [sorted(disagreed[u]) for u in users]
+    )
+
+
+def best_of_n_agreement(
+    statements: HeldOutStatements, rewards: torch.Tensor, n: int, seed: int, draws: int = 32
+) -> list:
+    """Per participant: over `draws` random sets of `n` of their test statements (the same sets for every reward),
+    the fraction whose top statement by `rewards` [users, statements] is one they agreed with; NaN with fewer than `n`
+    statements or without both votes."""
+    generator = np.random.default_rng(seed)
+    rates = []
+    for user, (agreed, disagreed) in enumerate(zip(statements.agreed, statements.disagreed)):
+        candidates = np.array(agreed + disagreed)
+        if len(candidates) < n or not agreed or not disagreed:
+            generator.random()  # keeps the stream aligned across rewards whatever the participant
+            rates.append(float("nan"))
+            continue
+        sets = np.stack([generator.permutation(len(candidates))[:n] for _ in range(draws)])  # [draws, n]
+        top = rewards[user, torch.from_numpy(candidates[sets])].argmax(-1).numpy()  # [draws]
+        rates.append(float((sets[np.arange(draws), top] < len(agreed)).mean()))
+    return rates
+
+
+@torch.no_grad()
+def reward_model_scores(model, tokenizer, prompts: list[str], texts: list[str]) -> torch.Tensor:
+    """The RM's reward of each statement, tokenised as in training. [statements]"""
+    from trl.trainer.utils import pad
+
+    from trl_rfm.adaptation.features import tokenize_sequence
+
+    sequences = [torch.tensor(tokenize_sequence(tokenizer, p, t)) for p, t in zip(prompts, texts)]
+    scores = []
+    for start in range(0, len(sequences), 256):
+        batch = sequences[start : start + 256]
+        input_ids = pad(batch, padding_value=tokenizer.pad_token_id, padding_side="right")
+        attention_mask = pad([torch.ones_like(s) for s in batch], padding_value=0, padding_side="right")
+        scores.append(model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float())
+    return torch.cat(scores)
 
 
 def _mean_se(values: np.ndarray) -> tuple[float, float]:
@@ -225,6 +301,25 @@ def summarize(jobs: list[dict], shots: list[int]) -> dict:
             row[f"gain_k{k}"] = _mean_se(np.concatenate(gains))
             row[f"gain_k{k}_split_std"] = float(np.std([np.nanmean(g) for g in gains]))
         row["prior_precision"] = float(np.mean([rfm[s]["prior_precision"] for s in seeds]))
+        if all("curves_isotropic" in rfm[s] for s in seeds):  # paired: positive when the isotropic prior is better
+            row["isotropic_minus_shaped"] = {
+                k: _mean_se(np.concatenate([np.array(rfm[s]["curves_isotropic"][k]) - np.array(rfm[s]["curves"][k]) for s in seeds]))
+                for k in shots
+            }  # fmt: skip
+        rm_jobs = {j["seed"]: j for j in jobs if j["protocol"] == protocol and j["method"] == "rm"}
+        if all("best_of_n" in rfm[s] and "best_of_n" in rm_jobs[s] for s in seeds):
+            row["best_of_n"] = {}
+            for n in rfm[seeds[0]]["best_of_n"]:
+                rm_rates = np.concatenate([np.array(rm_jobs[s]["best_of_n"][n]) for s in seeds])
+                entry = {"rm": _mean_se(rm_rates)}
+                for k in rfm[seeds[0]]["best_of_n"][n]:
+                    rates = np.concatenate([np.array(rfm[s]["best_of_n"][n][k]) for s in seeds])
+                    entry[f"gain_k{k}"] = _mean_se(rates - rm_rates)
+                row["best_of_n"][n] = entry
+        if all("effective_dimension_off_population" in rfm[s] for s in seeds):
+            row["effective_dimension_off_population"] = float(
+                np.mean([rfm[s]["effective_dimension_off_population"] for s in seeds])
+            )
         swept = set.intersection(*(set(rfm[s].get("curves_by_prior", {})) for s in seeds))
         if swept:  # paired per rater against the same draws adapted with `prior_from_model`'s precision
             row["gain_over_model_prior"] = {
@@ -238,25 +333,6 @@ def summarize(jobs: list[dict], shots: list[int]) -> dict:
                 for precision in sorted(swept)
             }  # fmt: skip
         row["own_row_gain"] = float(np.mean([rfm[s]["own_row_gain"] for s in seeds]))
-        if all("refit" in rfm[s] for s in seeds):  # keys a run made before they existed lacks are left out
-            refits = [rfm[s]["refit"] for s in seeds]
-            scalars = ("own_row_gain", "seconds", "prior_precision_after", "rows_precision_after")
-            row["refit"] = {
-                key: float(np.mean([r[key] for r in refits])) for key in scalars if all(key in r for r in refits)
-            }
-            for change, curves in (
-                ("new_participants_change", "curves_after"),
-                ("change_with_rows_precision", "curves_with_rows_precision"),
-            ):
-                if all(curves in r for r in refits):
-                    row["refit"][change] = {
-                        k: _mean_se(
-                            np.concatenate(
-                                [np.array(r[curves][k]) - np.array(rfm[s]["curves"][k]) for r, s in zip(refits, seeds)]
-                            )
-                        )
-                        for k in shots
-                    }
         row["effective_dimension"] = float(np.mean([rfm[s]["effective_dimension"] for s in seeds]))
         row["train_seconds"] = {m: float(np.mean([j["train_seconds"] for j in jobs if j["protocol"] == protocol and j["method"] == m])) for m in ("rm", "rfm")}  # fmt: skip
         summary[protocol] = row
@@ -278,23 +354,19 @@ def print_table(summary: dict, shots: list[int]) -> None:
         )  # fmt: skip
     Console().print(table)
     for protocol, row in summary.items():
-        if "refit" in row:
-            refit = row["refit"]
-
-            def cells(change: str) -> str:
-                if change not in refit:
-                    return "not measured"
-                return "  ".join(
-                    f"k={k} {100 * refit[change][k][0]:+.1f} ± {100 * refit[change][k][1]:.1f}" for k in shots
-                )
-
+        if "isotropic_minus_shaped" in row:
+            cells = "  ".join(
+                f"k={k} {100 * v[0]:+.1f} ± {100 * v[1]:.1f}" for k, v in row["isotropic_minus_shaped"].items()
+            )
+            print(f"{protocol}: isotropic prior of equal spread minus the fitted prior (paired): {cells}")
+        for n, entry in row.get("best_of_n", {}).items():
+            gains = "  ".join(
+                f"{key[5:]} {100 * v[0]:+.1f} ± {100 * v[1]:.1f}" for key, v in entry.items() if key != "rm"
+            )
+            print(f"{protocol}: best-of-{n} agreement, RM {100 * entry['rm'][0]:.1f}%; RFM gain at {gains}")
+        if "effective_dimension_off_population" in row:
             print(
-                f"{protocol}: training rows refitted in {refit.get('seconds', float('nan')):.0f} s: own rows "
-                f"{100 * row['own_row_gain']:+.1f} -> {100 * refit['own_row_gain']:+.1f}; prior_from_model precision "
-                f"{row['prior_precision']:.1f} -> {refit['prior_precision_after']:.1f} (new participants: "
-                f"{cells('new_participants_change')}); read from the refitted rows "
-                f"{refit.get('rows_precision_after', float('nan')):.1f} (new participants: "
-                f"{cells('change_with_rows_precision')})"
+                f"{protocol}: effective dimension orthogonal to w_pop {row['effective_dimension_off_population']:.1f}"
             )
         for precision, gains in row.get("gain_over_model_prior", {}).items():
             cells = "  ".join(f"k={k} {100 * gains[k][0]:+.1f} ± {100 * gains[k][1]:.1f}" for k in shots)
@@ -308,14 +380,17 @@ def _write_report(args: ProtocolArguments, results: list[dict], start: float) ->
     for result in results:  # JSON keys are strings
         if "curves" in result:
             result["curves"] = {int(k): v for k, v in result["curves"].items()}
+        if "curves_isotropic" in result:
+            result["curves_isotropic"] = {int(k): v for k, v in result["curves_isotropic"].items()}
+        if "best_of_n" in result:
+            result["best_of_n"] = {
+                int(n): ({int(k): r for k, r in v.items()} if isinstance(v, dict) else v)
+                for n, v in result["best_of_n"].items()
+            }
         if "curves_by_prior" in result:
             result["curves_by_prior"] = {
                 float(p): {int(k): v for k, v in curve.items()} for p, curve in result["curves_by_prior"].items()
             }
-        if "refit" in result:
-            for curves in ("curves_after", "curves_with_rows_precision"):
-                if curves in result["refit"]:  # the second is absent from runs made before it existed
-                    result["refit"][curves] = {int(k): v for k, v in result["refit"][curves].items()}
     summary = summarize(results, shots)
     print_table(summary, shots)
     os.makedirs(args.output_dir, exist_ok=True)

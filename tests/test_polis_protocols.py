@@ -1,4 +1,4 @@
-"""`benchmarks/polis_protocols.py` (issue 12's protocol-robustness benchmark) end to end on one conversation of the
+"""`benchmarks/polis_protocols.py` (the protocol-robustness benchmark) end to end on one conversation of the
 shared Polis data (CC BY 4.0, The Computational Democracy Project; skipped when absent), 60 participants: both models
 are trained on the same split, the RFM with the library's defaults, and the summary holds paired per-rater gains."""
 
@@ -29,7 +29,7 @@ def test_summary_pairs_each_raters_rfm_accuracy_with_the_rm(tmp_path):
         num_workers=1,
         output_dir=str(tmp_path),
         prior_precisions="1e9",
-        refit_training_users=True,
+        best_of="4",
     )
     report = polis_protocols.main(args)
     row = report["summary"]["h16_e1_b8_lr3e-3"]
@@ -46,14 +46,15 @@ def test_summary_pairs_each_raters_rfm_accuracy_with_the_rm(tmp_path):
     over_model_prior = np.array(rfm["curves_by_prior"][1e9][5]) - np.array(rfm["curves"][5])
     assert row["gain_over_model_prior"][1e9][5][0] == pytest.approx(float(np.nanmean(over_model_prior)))
     assert os.path.isfile(tmp_path / "results.json")
-    # The refit replaces the training rows, not the population, nor the prior stored at the end of training: new
-    # participants adapted afterwards score exactly as before, at every k.
-    assert rfm["refit"]["prior_precision_after"] == rfm["prior_precision"]
-    for k, accuracies in rfm["curves"].items():
-        assert rfm["refit"]["curves_after"][k] == pytest.approx(accuracies)
-    assert rfm["refit"]["curves_with_rows_precision"][0] == pytest.approx(rfm["curves"][0])
-    assert rfm["refit"]["rows_precision_after"] > 0 and rfm["refit"]["seconds"] > 0
-    assert math.isfinite(row["refit"]["own_row_gain"]) and row["refit"]["prior_precision_after"] > 0
+    # The isotropic prior of equal spread shares the population (k = 0) and is paired with the fitted one.
+    assert rfm["curves_isotropic"][0] == pytest.approx(rfm["curves"][0])
+    isotropic_change = np.array(rfm["curves_isotropic"][5]) - np.array(rfm["curves"][5])
+    assert row["isotropic_minus_shaped"][5][0] == pytest.approx(float(np.nanmean(isotropic_change)))
+    # Best-of-4: rates in [0, 1] on the same statement sets for both rewards, paired per participant.
+    rm_rates, rfm_rates = np.array(rm["best_of_n"][4]), np.array(rfm["best_of_n"][4][0])
+    assert np.array_equal(np.isnan(rm_rates), np.isnan(rfm_rates)) and (~np.isnan(rm_rates)).any()
+    assert np.nanmin(rm_rates) >= 0 and np.nanmax(rm_rates) <= 1
+    assert row["best_of_n"][4]["gain_k0"][0] == pytest.approx(float(np.nanmean(rfm_rates - rm_rates)))
 
     # Splits run apart and merged summarise as one run: the same split twice counts once, with the same gains.
     merged = polis_protocols.main(
@@ -62,9 +63,7 @@ def test_summary_pairs_each_raters_rfm_accuracy_with_the_rm(tmp_path):
         )
     )
     assert merged["summary"]["h16_e1_b8_lr3e-3"]["gain_k5"] == pytest.approx(row["gain_k5"])
-    merged_refit = merged["summary"]["h16_e1_b8_lr3e-3"]["refit"]
-    assert merged_refit["own_row_gain"] == pytest.approx(row["refit"]["own_row_gain"])
-    assert merged_refit["new_participants_change"][5] == pytest.approx(row["refit"]["new_participants_change"][5])
+    assert merged["summary"]["h16_e1_b8_lr3e-3"]["best_of_n"][4]["rm"] == pytest.approx(row["best_of_n"][4]["rm"])
     table = (tmp_path / "merged" / "table.md").read_text()
     assert f"{100 * row['gain_k5'][0]:+.1f} ± {100 * row['gain_k5'][1]:.1f}" in table.splitlines()[2]
 
