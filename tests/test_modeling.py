@@ -1,8 +1,21 @@
+import copy
+
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+from safetensors import safe_open
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    GPT2Config,
+    LlamaConfig,
+    Qwen2Config,
+    Qwen3MoeConfig,
+)
 
 from trl_rfm import RewardFeatureConfig, RewardFeatureModel
+from trl_rfm.models.from_reward_model import from_reward_model
 
 
 @pytest.fixture
@@ -117,3 +130,52 @@ def test_auto_classes_and_backbone_loading(tmp_path, tiny_lm, tokenizer):
         torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
     with pytest.raises(ValueError, match="already a Reward Feature Model"):
         RewardFeatureModel.from_backbone(str(tmp_path / "rfm"))
+
+
+SMALL = dict(vocab_size=32, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+TRUNKS = {
+    "qwen2": lambda: Qwen2Config(**SMALL, num_key_value_heads=2),
+    "qwen3_moe": lambda: Qwen3MoeConfig(
+        **SMALL, num_key_value_heads=2, head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16
+    ),
+    "llama": lambda: LlamaConfig(**SMALL, num_key_value_heads=2),
+    "gpt2": lambda: GPT2Config(vocab_size=32, n_embd=16, n_layer=2, n_head=2, n_positions=32),
+    "bert": lambda: BertConfig(**SMALL),
+}
+
+
+@pytest.mark.parametrize("architecture", sorted(TRUNKS))
+def test_parameter_names_are_those_of_the_reward_model(tmp_path, architecture):
+    """The trunk is registered under its `base_model_prefix` (`model`, `transformer`, `bert`): the RFM's parameters
+    are named as those of `AutoModelForSequenceClassification` on the same trunk, head aside, built from a config or
+    from that reward model, and saved under those names."""
+    config = TRUNKS[architecture]()
+    reward_config = copy.deepcopy(config)
+    reward_config.num_labels = 1
+    reward_model = AutoModelForSequenceClassification.from_config(reward_config)
+    prefix = reward_model.base_model_prefix
+    expected = [n for n, _ in reward_model.named_parameters() if n.startswith(f"{prefix}.")]
+    assert expected  # the reward model's trunk
+
+    models = [RewardFeatureModel.from_backbone(config, num_features=4)]
+    models.append(RewardFeatureModel.from_backbone(reward_model, num_features=4))
+    if architecture != "bert":  # BERT's reward model reads its pooler: no plain `score` head to personalise
+        models.append(from_reward_model(reward_model, num_features=4))
+    for model in models:
+        names = [n for n, _ in model.named_parameters()]
+        assert [n for n in names if not n.startswith(("feature_head.", "user_weights."))] == expected
+        assert model.base_model_prefix == prefix
+        assert model.backbone is model.base_model is getattr(model, prefix)
+    with pytest.raises(AttributeError):
+        model.backbone = None  # read-only: the trunk is `getattr(model, model.base_model_prefix)`
+
+    # Saved under the keys the reward model saves (transformers' checkpoint format, e.g. one tensor per expert).
+    model.save_pretrained(tmp_path / "rfm")
+    reward_model.save_pretrained(tmp_path / "reward_model")
+    saved = {}
+    for name in ("rfm", "reward_model"):
+        with safe_open(tmp_path / name / "model.safetensors", framework="pt") as handle:
+            saved[name] = {key for key in handle.keys() if key.startswith(f"{prefix}.")}
+    assert saved["rfm"] == saved["reward_model"]
+    loaded = RewardFeatureModel.from_pretrained(tmp_path / "rfm")
+    assert [n for n, _ in loaded.named_parameters() if n.startswith(f"{prefix}.")] == expected

@@ -4,12 +4,13 @@ input, and Trainer checkpoints that resume with the same users."""
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForSequenceClassification
 
 from trl_rfm import RewardFeatureModel, RFMConfig, RFMRewardTrainer
@@ -179,6 +180,47 @@ def test_a_hub_id_loads_through_the_same_code_path(tmp_path, model, batch):
         "someone/rfm", cache_dir=tmp_path / "hub", user_weights=tmp_path / "rfm" / USER_WEIGHTS_NAME
     )
     assert private.user_ids == USERS
+
+
+# ---------------------------------------------------------------------------------------------- earlier saves
+LEGACY = Path(__file__).parent / "fixtures" / "legacy_rfm"  # saved with the trunk under `backbone.`
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3_moe", "gpt2", "bert", "llama-lora"])
+def test_a_model_saved_with_the_trunk_under_backbone_loads_and_scores_the_same(tmp_path, name):
+    expected = load_file(LEGACY / "expected.safetensors")
+    batch = {"input_ids": expected["input_ids"], "attention_mask": expected["attention_mask"]}
+    trunk = {"backbone": str(LEGACY / "llama-lora-trunk")} if name == "llama-lora" else {}
+    model = RewardFeatureModel.from_pretrained(str(LEGACY / name), **trunk)
+    assert (model.get_base_model() if name == "llama-lora" else model).user_ids == ["alice", "bob"]
+    torch.testing.assert_close(_rewards(model, batch), expected[name], rtol=0, atol=1e-6)
+
+    # Saved again, under the trunk's current name.
+    if name == "llama-lora":
+        save_load.save_reward_feature_model(model, tmp_path / "again")
+        keys = _keys(tmp_path / "again" / "adapter_model.safetensors")
+    else:
+        model.save_pretrained(tmp_path / "again")
+        keys = _keys(tmp_path / "again" / "model.safetensors")
+    prefix = (model.get_base_model() if name == "llama-lora" else model).base_model_prefix
+    assert not any("backbone." in key for key in keys) and any(f"{prefix}." in key for key in keys)
+    again = RewardFeatureModel.from_pretrained(str(tmp_path / "again"), **trunk)
+    torch.testing.assert_close(_rewards(again, batch), expected[name], rtol=0, atol=1e-6)
+
+
+def test_an_earlier_state_dict_loads_into_the_renamed_trunk():
+    """`load_state_dict` with `backbone.` keys (a Trainer checkpoint from before the rename) fills the trunk."""
+    expected = load_file(LEGACY / "expected.safetensors")
+    batch = {"input_ids": expected["input_ids"], "attention_mask": expected["attention_mask"]}
+    model = RewardFeatureModel.from_pretrained(str(LEGACY / "llama"))
+    state_dict = load_file(LEGACY / "llama" / "model.safetensors")
+    assert any(key.startswith("backbone.") for key in state_dict)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    assert missing == ["user_weights.weight"] and unexpected == []  # the users live in the user file
+    torch.testing.assert_close(_rewards(model, batch)[:, -1:], expected["llama"][:, -1:], rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- bad input

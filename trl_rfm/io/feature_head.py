@@ -23,6 +23,24 @@ HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "tok
 # The user table in a model's or a PeftModel's state dict (PEFT keeps a trained copy and the original).
 USER_TABLE_KEY = re.compile(r"(?:^|\.)user_weights\.(?:modules_to_save\.[^.]+\.|original_module\.)?weight$")
 POPULATION_KEY = re.compile(r"(?:^|\.)user_weights\.(?:modules_to_save\.[^.]+\.|original_module\.)?population$")
+# Where saves made before the trunk took its `base_model_prefix` name (`model`, `transformer`, ...) keep it.
+LEGACY_TRUNK_PREFIX = "backbone"
+
+
+def legacy_trunk_key_mapping(prefix: str) -> dict[str, str]:
+    """transformers' `key_mapping` (regex -> replacement) that loads a save with the trunk under `backbone.` into a
+    model whose trunk is `prefix`."""
+    return {} if prefix == LEGACY_TRUNK_PREFIX else {rf"^{LEGACY_TRUNK_PREFIX}\.": f"{prefix}."}
+
+
+def rename_legacy_trunk_keys(state_dict: dict, prefix: str, root: str = "") -> dict:
+    """Renames in place the keys `{root}backbone.*` of a state dict to `{root}{prefix}.*` (the trunk's current name;
+    `root` is where the model sits, e.g. `base_model.model.` in a PEFT adapter). Returns `state_dict`."""
+    old, new = f"{root}{LEGACY_TRUNK_PREFIX}.", f"{root}{prefix}."
+    if old != new:
+        for key in [key for key in state_dict if key.startswith(old)]:
+            state_dict[new + key[len(old) :]] = state_dict.pop(key)
+    return state_dict
 
 
 def hub_kwargs_of(kwargs: dict) -> dict:

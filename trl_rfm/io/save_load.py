@@ -20,6 +20,7 @@ from .feature_head import (
     USER_TABLE_KEY,
     FeatureHead,
     locate_feature_head,
+    rename_legacy_trunk_keys,
     resolve_file,
 )
 from .model_card import build_model_card
@@ -272,6 +273,8 @@ def load_adapter_weights(peft_model, head: FeatureHead, user_table: torch.Tensor
 
     with safe_open(head.file, framework="pt") as handle:
         state_dict = {key: handle.get_tensor(key) for key in handle.keys()}
+    # Adapters saved before the trunk took its `base_model_prefix` name hold it under `backbone.`.
+    rename_legacy_trunk_keys(state_dict, peft_model.get_base_model().base_model_prefix, root="base_model.model.")
     table_key = "base_model.model.user_weights.weight"
     if table_key not in state_dict:
         population = [value for key, value in state_dict.items() if key.endswith("user_weights.population")]

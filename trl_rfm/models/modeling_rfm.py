@@ -1,13 +1,18 @@
 """
 The Reward Feature Model (Barreto et al., 2025, "Capturing Individual Human Preferences with Reward Features").
 
-    tokens ──► backbone (causal LM or encoder, optionally LoRA) ──► h [B, H]   pooled: last real token (causal LMs),
+    tokens ──► trunk (causal LM or encoder, optionally LoRA) ──► h [B, H]      pooled: last real token (causal LMs),
                                                                             mean or [CLS] (encoders), `config.pooling`
     h      ──► feature_head Linear(H, d), normalised     ──► phi    [B, d]   reward features
     phi    ──► user_weights W[u]                          ──► r_u = phi · W[u]   [B]
 
 Every user shares `phi`; a user is a `d`-vector. Scoring U users on the same responses costs one backbone pass
 (`phi @ W.T`), and a new user is fitted by logistic regression on cached feature differences.
+
+The trunk is registered under its own `base_model_prefix` (`model` for Llama/Qwen/Mistral, `transformer` for GPT-2,
+`bert` for BERT, ...), the attribute its `*ForSequenceClassification` uses, so the RFM's parameters carry the names of
+a transformers reward model on the same trunk (`model.layers.0.self_attn.q_proj.weight`, ...), head aside. Saves
+made before, with the trunk under `backbone.`, are renamed on load.
 """
 
 import os
@@ -18,10 +23,19 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
+from transformers.core_model_loading import WeightRenaming
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import ModelOutput
 
 from ..io import hub, save_load
-from ..io.feature_head import HUB_KWARGS, check_feature_dimension, hub_kwargs_of, locate_feature_head
+from ..io.feature_head import (
+    HUB_KWARGS,
+    check_feature_dimension,
+    hub_kwargs_of,
+    legacy_trunk_key_mapping,
+    locate_feature_head,
+    rename_legacy_trunk_keys,
+)
 from .configuration_rfm import RewardFeatureConfig
 from .pooling import last_token_index, pool_hidden_states, resolve_pooling  # noqa: F401  (last_token_index: re-export)
 from .user_table import POPULATION_INDEX, UserVocabularyMixin, UserWeights
@@ -54,11 +68,16 @@ class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
     row's user; with no users given, the population reward. [`reward_features`] returns `phi [B, d]` and
     [`rewards_for_users`] scores many users in one backbone pass.
 
+    The trunk is the attribute named by `base_model_prefix`, the trunk's own (`model.model`, `model.transformer`,
+    `model.bert`, ...), so that parameter names match `AutoModelForSequenceClassification`'s; `base_model` and
+    `backbone` return it whatever its name.
+
     The ids of the users (`user_ids`) are kept beside the weight table, not in the config, since they identify people.
     """
 
     config_class = RewardFeatureConfig
-    base_model_prefix = "backbone"
+    # Per instance, the trunk's own prefix (set in `__init__`); "model" is that of most decoder trunks.
+    base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
@@ -75,7 +94,12 @@ class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
             # re-initialising would write into empty shards): `post_init` must only initialise the head and the table.
             for module in backbone.modules():
                 module._is_hf_initialized = True
-        self.backbone = backbone if backbone is not None else AutoModel.from_config(config.text_config)
+        trunk = backbone if backbone is not None else AutoModel.from_config(config.text_config)
+        self.base_model_prefix = trunk_prefix(type(trunk))
+        self.add_module(self.base_model_prefix, trunk)
+        # Older saves and checkpoints hold the trunk under `backbone.`: `load_state_dict` (Trainer checkpoints, PEFT
+        # adapters) renames their keys here; `from_pretrained` through transformers' `key_mapping`.
+        self.register_load_state_dict_pre_hook(_rename_legacy_trunk_keys)
         self.feature_head = nn.Linear(config.text_config.hidden_size, config.num_features, bias=False)
         self.user_weights = UserWeights(config.num_users, config.num_features, config.population_weights)
         self._user_ids: list[str] = [f"user_{i}" for i in range(config.num_users)]
@@ -146,6 +170,11 @@ class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
         elif isinstance(module, UserWeights):
             init.normal_(module.weight, std=module.num_features**-0.5)
             init.zeros_(module.population)
+
+    @property
+    def backbone(self) -> PreTrainedModel:
+        """The trunk (`base_model`), registered as `self.<base_model_prefix>`; read-only."""
+        return getattr(self, self.base_model_prefix)
 
     @property
     def pooling(self) -> str:
@@ -352,8 +381,14 @@ class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
                 hub_kwargs=hub_kwargs,
                 **model_kwargs,
             )
+        legacy = legacy_trunk_key_mapping(trunk_prefix(trunk_class(config.text_config)))
+        kwargs["key_mapping"] = {**legacy, **(kwargs.get("key_mapping") or {})}
         loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # `output_loading_info=True`
+        # transformers keeps the load-time renamings to write the original names back on save: not the legacy one.
+        conversions = getattr(model, "_weight_conversions", None)
+        if legacy and conversions:
+            model._weight_conversions = [c for c in conversions if not _is_legacy_renaming(c, legacy)]
         save_load.attach_user_weights(model, pretrained_model_name_or_path, head, user_weights, hub_kwargs)
         return loaded
 
@@ -372,6 +407,33 @@ def check_user_index(user_index: torch.Tensor, num_users: int) -> torch.Tensor:
             f"for the model's {num_users} users and {POPULATION_INDEX} for the population weights."
         )
     return user_index
+
+
+def trunk_class(text_config: PreTrainedConfig) -> type | None:
+    """The class `AutoModel.from_config(text_config)` builds, without building it (`None` for remote-code trunks)."""
+    try:
+        found = MODEL_MAPPING[type(text_config)]
+    except KeyError:
+        return None
+    return found[0] if isinstance(found, (list, tuple)) else found
+
+
+def trunk_prefix(trunk_type: type | None) -> str:
+    """The attribute the trunk lives under: its class's `base_model_prefix`, which its `*ForSequenceClassification`
+    uses too (`model`, `transformer`, `bert`, ...); `"model"` when it has none, or one the RFM already uses."""
+    prefix = getattr(trunk_type, "base_model_prefix", "") or ""
+    if not prefix.isidentifier() or hasattr(RewardFeatureModel, prefix) or prefix in ("feature_head", "user_weights"):
+        return "model"  # `hasattr` also covers `backbone`, the read-only property
+    return prefix
+
+
+def _rename_legacy_trunk_keys(module, state_dict, prefix, *args) -> None:
+    rename_legacy_trunk_keys(state_dict, module.base_model_prefix, root=prefix)
+
+
+def _is_legacy_renaming(conversion, legacy: dict[str, str]) -> bool:
+    sources = getattr(conversion, "source_patterns", None)
+    return isinstance(conversion, WeightRenaming) and list(sources or []) == list(legacy)
 
 
 def _config_kwargs(model_init_kwargs: dict) -> dict:

@@ -146,7 +146,7 @@ def export_user_reward_model(
         head = base.feature_head(torch.eye(hidden_size, device=head_device, dtype=base.feature_head.weight.dtype))
         head = head.float().T.cpu()  # [d, H]
 
-    trunk = base.backbone
+    trunk = base.base_model
     config = copy.deepcopy(trunk.config)
     config.num_labels = 1
     config.id2label, config.label2id = {0: "LABEL_0"}, {"LABEL_0": 0}
