@@ -2,11 +2,17 @@
 Parity with TRL: each scenario runs stock `trl.RewardTrainer` and `RFMRewardTrainer` (without a rater column and
 with a 3-rater column) on the same inputs, and asserts the same observable behaviour: it trains, every trainable
 parameter moves and frozen ones stay, same errors for the same bad inputs, same parameter dtype, and the files a TRL
-user expects (plus the RFM's own). Tiny Llama / Qwen2 / Mixtral (MoE) models and word-level tokenizers are built
-locally (no Hub). TRL gets `*ForSequenceClassification` models; the RFM gets the causal LM of the same architecture,
-its main use (an existing reward model is covered by `test_same_reward_model_for_both`).
+user expects (plus the RFM's own). Tiny Llama / Qwen2 / Qwen3-MoE / Mixtral / Qwen2-MoE models and word-level
+tokenizers are built locally (no Hub). TRL gets `*ForSequenceClassification` models; the RFM gets the causal LM of
+the same architecture, its main use (an existing reward model is covered by `test_same_reward_model_for_both`).
+
+The PEFT scenarios of TRL's `tests/test_reward_trainer.py` are reproduced as TRL writes them (same model for every
+variant, frozen parameters named from `AutoModelForSequenceClassification.from_pretrained(model_id)`), on offline
+stand-ins of TRL's tiny Hub models, and `LoraConfig()` without targets adapts the same modules of every trunk, or
+fails with the same error, as on the trunk's sequence-classification model.
 """
 
+import copy
 import os
 
 import pytest
@@ -16,15 +22,20 @@ from peft import LoraConfig, get_peft_model
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    BertConfig,
+    GPT2Config,
     LlamaConfig,
     MixtralConfig,
     Qwen2Config,
     Qwen2MoeConfig,
+    Qwen3MoeConfig,
 )
 from trl import RewardConfig, RewardTrainer
 
-from trl_rfm import RFMConfig, RFMRewardTrainer
+from trl_rfm import RewardFeatureModel, RFMConfig, RFMRewardTrainer
+from trl_rfm.io.feature_head import RFM_MODULES_TO_SAVE
 from trl_rfm.testing import build_tokenizer
+from trl_rfm.trainer.peft_defaults import fill_default_targets
 
 
 PAIRS = [
@@ -49,6 +60,9 @@ ARCHITECTURES = {
     "mixtral": lambda **kw: MixtralConfig(**kw, num_local_experts=4, num_experts_per_tok=2),
     "qwen2_moe": lambda **kw: Qwen2MoeConfig(
         **kw, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16
+    ),
+    "qwen3_moe": lambda **kw: Qwen3MoeConfig(
+        **kw, head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16
     ),
 }
 
@@ -351,22 +365,6 @@ def test_lora_default_targets(tmp_path, model_dirs, tokenizer, architecture):
 
 
 @pytest.mark.slow
-def test_lora_default_targets_mixtral(tmp_path, model_dirs, tokenizer):
-    for variant in ("rfm", "rfm-raters"):
-        trainer = _trainer(
-            variant,
-            model=_model(variant, model_dirs, "mixtral"),
-            args=_args(variant, tmp_path),
-            train_dataset=_dataset(variant),
-            processing_class=tokenizer,
-            peft_config=LoraConfig(),
-        )
-        unmoved, frozen_changed = _train(trainer)
-        assert not unmoved and not frozen_changed
-        assert {n.split(".")[-4] for n, _ in trainer.model.named_parameters() if "lora_A" in n} == {"q_proj", "v_proj"}
-
-
-@pytest.mark.slow
 def test_lora_on_moe_trunk(tmp_path, model_dirs, tokenizer):
     def build(variant, tmp_path):
         return _trainer(
@@ -464,6 +462,182 @@ def test_peft_model_around_a_reward_model(tmp_path, model_dirs, tokenizer):
         assert any("lora_B" in n for n, p in trainer.model.named_parameters() if p.requires_grad)
 
 
+# ---------------------------------------------------------------------------------------------------- TRL's PEFT tests
+# Stand-ins of TRL's tiny Hub models: `model_dirs[<architecture>, "lm"]` for tiny-Qwen2ForCausalLM-2.5 and
+# tiny-Qwen3MoeForCausalLM, `model_dirs["qwen2", "rm"]` for tiny-Qwen2ForSequenceClassification-2.5.
+def _base_param_names(model_id, **kwargs):
+    """TRL's frozen parameters: those of `AutoModelForSequenceClassification.from_pretrained(model_id)` in PEFT."""
+    model = AutoModelForSequenceClassification.from_pretrained(model_id, dtype="float32", **kwargs)
+    return [f"base_model.model.{n}" for n, _ in model.named_parameters()]
+
+
+def _frozen_originals(trainer):
+    """The copies that PEFT keeps, frozen, of the modules it trains in full (`modules_to_save`: the RFM's
+    `feature_head` and `user_weights`), to restore them when adapters are disabled. TRL's reward model has none."""
+    return [n for n, _ in trainer.model.named_parameters() if ".original_module." in n]
+
+
+def _train_and_check_frozen_names(trainer, base_param_names):
+    """TRL's check, as `tests/test_reward_trainer.py` writes it: the base model's parameters are unchanged, and every
+    other parameter (except PEFT's `base_layer`) changed."""
+    previous_trainable_params = {n: param.clone() for n, param in trainer.model.named_parameters()}
+
+    trainer.train()
+
+    assert trainer.state.log_history[-1]["train_loss"] is not None
+
+    # Check that the peft params have changed and the base model params have not changed
+    for n, param in previous_trainable_params.items():
+        new_param = trainer.model.get_parameter(n)
+        if n in base_param_names:  # We expect the base model params to be the same
+            torch.testing.assert_close(param, new_param, msg=f"Parameter {n} has changed.")
+        elif "base_layer" not in n:  # We expect the peft params to be different (except for the base layer)
+            assert not torch.equal(param, new_param), f"Parameter {n} has not changed."
+
+
+def _check_trl_peft_scenario(build, base_param_names, tmp_path):
+    """TRL's check for every variant. The RFM's frozen names are TRL's plus PEFT's frozen originals of its head and
+    user table (`_frozen_originals`), which the RFM trainer trains as `modules_to_save` and TRL has no counterpart of."""
+    for variant in VARIANTS:
+        trainer = build(variant, tmp_path)
+        frozen = base_param_names + (_frozen_originals(trainer) if variant != "trl" else [])
+        _train_and_check_frozen_names(trainer, frozen)
+
+
+def test_train_dense_with_peft_config(tmp_path, model_dirs, tokenizer):
+    model_id = model_dirs["qwen2", "lm"]
+    base_param_names = _base_param_names(model_id)
+
+    def build(variant, tmp_path):
+        return _trainer(
+            variant,
+            model=model_id,
+            args=_args(variant, tmp_path),
+            train_dataset=_dataset(variant),
+            processing_class=tokenizer,
+            peft_config=LoraConfig(),
+        )
+
+    _check_trl_peft_scenario(build, base_param_names, tmp_path)
+
+
+def test_train_moe_with_peft_config(tmp_path, model_dirs, tokenizer):
+    """Fused experts: peft (on transformers 5) turns gate/up/down_proj into LoRA on the experts' parameters."""
+    model_id = model_dirs["qwen3_moe", "lm"]
+    base_param_names = _base_param_names(model_id)
+
+    def build(variant, tmp_path):
+        return _trainer(
+            variant,
+            model=model_id,
+            args=_args(variant, tmp_path),
+            train_dataset=_dataset(variant),
+            processing_class=tokenizer,
+            peft_config=LoraConfig(target_modules=["gate_proj", "up_proj", "down_proj", "score"]),
+        )
+
+    _check_trl_peft_scenario(build, base_param_names, tmp_path)
+
+
+def test_train_peft_model(tmp_path, model_dirs, tokenizer):
+    model_id = model_dirs["qwen2", "lm"]
+    base_param_names = _base_param_names(model_id, num_labels=1)
+
+    def build(variant, tmp_path):
+        model = AutoModelForSequenceClassification.from_pretrained(model_id, num_labels=1, dtype="float32")
+        return _trainer(
+            variant,
+            model=get_peft_model(model, LoraConfig()),
+            args=_args(variant, tmp_path),
+            train_dataset=_dataset(variant),
+            processing_class=tokenizer,
+        )
+
+    _check_trl_peft_scenario(build, base_param_names, tmp_path)
+
+
+def test_train_with_peft_config_and_gradient_checkpointing(tmp_path, model_dirs, tokenizer):
+    model_id = model_dirs["qwen2", "lm"]
+    base_param_names = _base_param_names(model_id)
+
+    def build(variant, tmp_path):
+        return _trainer(
+            variant,
+            model=model_id,
+            args=_args(variant, tmp_path, gradient_checkpointing=True),
+            train_dataset=_dataset(variant),
+            processing_class=tokenizer,
+            peft_config=LoraConfig(),
+        )
+
+    _check_trl_peft_scenario(build, base_param_names, tmp_path)
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_train_with_peft_config_and_gradient_checkpointing_reentrant(tmp_path, model_dirs, tokenizer, use_reentrant):
+    model_id = model_dirs["qwen2", "rm"]
+    base_param_names = _base_param_names(model_id)
+
+    def build(variant, tmp_path):
+        args = _args(
+            variant,
+            tmp_path,
+            gradient_checkpointing=True,
+            gradient_checkpointing_kwargs={"use_reentrant": use_reentrant},
+        )
+        return _trainer(
+            variant,
+            model=model_id,
+            args=args,
+            train_dataset=_dataset(variant),
+            processing_class=tokenizer,
+            peft_config=LoraConfig(),
+        )
+
+    _check_trl_peft_scenario(build, base_param_names, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------- PEFT targets
+TRUNKS = {  # the trunks of TRL's suite and of this file: dense, MoE, GPT-2 (Conv1D) and an encoder
+    **{name: lambda name=name: _config(name, build_tokenizer(["a b"])) for name in ARCHITECTURES},
+    "gpt2": lambda: GPT2Config(vocab_size=16, n_embd=16, n_layer=1, n_head=2, n_positions=32),
+    "bert": lambda: BertConfig(
+        vocab_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    ),
+}
+
+
+def _adapted(model, peft_config):
+    """What peft adapts on `model`: (modules, parameters), or the error it raises."""
+    try:
+        wrapped = get_peft_model(model, peft_config)
+    except Exception as error:
+        return type(error), str(error)
+    tuner = wrapped.base_model
+    return sorted(tuner.targeted_module_names), sorted(getattr(tuner, "targeted_parameter_names", []))
+
+
+@pytest.mark.parametrize("trunk", ["model_type", "model"], ids=["by_model_type", "by_model"])
+@pytest.mark.parametrize("architecture", sorted(TRUNKS))
+def test_lora_without_targets_adapts_what_it_adapts_on_the_reward_model(architecture, trunk):
+    """`LoraConfig()`: the RFM's trunk gets the LoRA modules (or the error) peft gives the trunk's
+    `*ForSequenceClassification`, whether the targets are resolved from the trunk's `model_type` (as the trainer does)
+    or from the model itself."""
+    config = TRUNKS[architecture]()
+    reward_config = copy.deepcopy(config)
+    reward_config.num_labels = 1
+    expected = _adapted(AutoModelForSequenceClassification.from_config(reward_config), LoraConfig())
+
+    model = RewardFeatureModel.from_backbone(copy.deepcopy(config), num_features=4)
+    peft_config = LoraConfig(modules_to_save=list(RFM_MODULES_TO_SAVE))
+    try:
+        fill_default_targets(peft_config, config.model_type if trunk == "model_type" else model)
+    except Exception as error:
+        assert (type(error), str(error)) == expected
+        return
+    assert _adapted(model, peft_config) == expected
+
+
 # ---------------------------------------------------------------------------------------------------- saved files
 def _files(directory):
     return {os.path.relpath(os.path.join(d, f), directory) for d, _, files in os.walk(directory) for f in files}
@@ -554,12 +728,13 @@ def test_same_errors(tmp_path, model_dirs, tokenizer, case):
     _assert_same_error(build, tmp_path)
 
 
-@pytest.mark.parametrize("architecture", ["qwen2_moe"])
+@pytest.mark.parametrize(
+    "architecture",
+    ["qwen3_moe", pytest.param("mixtral", marks=pytest.mark.slow), pytest.param("qwen2_moe", marks=pytest.mark.slow)],
+)
 def test_same_error_lora_default_targets_on_moe(tmp_path, model_dirs, tokenizer, architecture):
-    """peft 0.21 has no default targets for Qwen2-MoE: the RFM gives the same peft error as TRL. (Mixtral, whose
-    defaults peft has, is the one known difference: stock peft's transformers-5 config conversion empties
-    `LoraConfig()`'s targets on a Mixtral model and raises `NoMatchingPeftModuleError`, while the RFM, whose targets
-    are filled from the trunk's type before wrapping, trains q_proj/v_proj: `test_lora_default_targets_mixtral`.)"""
+    """`LoraConfig()` on MoE trunks: peft has no defaults for Qwen2-MoE, and on transformers 5 it rewrites the
+    defaults of fused-expert models (Qwen3-MoE, Mixtral) to nothing; the RFM raises the same peft error as TRL."""
 
     def build(variant, tmp_path):
         return _trainer(
