@@ -38,7 +38,7 @@ from ..io.feature_head import (
 )
 from .configuration_rfm import RewardFeatureConfig
 from .pooling import last_token_index, pool_hidden_states, resolve_pooling  # noqa: F401  (last_token_index: re-export)
-from .user_table import POPULATION_INDEX, UserVocabularyMixin, UserWeights
+from .user_table import POPULATION_INDEX, UserVocabularyMixin, UserWeights, check_user_index
 
 
 @dataclass
@@ -391,22 +391,6 @@ class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
             model._weight_conversions = [c for c in conversions if not _is_legacy_renaming(c, legacy)]
         save_load.attach_user_weights(model, pretrained_model_name_or_path, head, user_weights, hub_kwargs)
         return loaded
-
-
-def check_user_index(user_index: torch.Tensor, num_users: int) -> torch.Tensor:
-    """`user_index` (rows of the user table, `-1` for the population) as a long tensor; any other negative index, or
-    one past the users, would silently read another user's row: an `IndexError` naming the bad values."""
-    user_index = torch.as_tensor(user_index)
-    if user_index.is_floating_point() or user_index.is_complex():
-        raise TypeError(f"`user_index` must hold integers, got dtype {user_index.dtype}.")
-    user_index = user_index.long()
-    bad = (user_index < POPULATION_INDEX) | (user_index >= num_users)
-    if bad.any():
-        raise IndexError(
-            f"`user_index` {sorted(set(user_index[bad].tolist()))[:5]} out of range: valid rows are 0..{num_users - 1} "
-            f"for the model's {num_users} users and {POPULATION_INDEX} for the population weights."
-        )
-    return user_index
 
 
 def trunk_class(text_config: PreTrainedConfig) -> type | None:

@@ -2,6 +2,7 @@
 
 import contextlib
 import math
+import os
 import warnings
 from collections.abc import Hashable, Iterable, Sequence
 
@@ -10,6 +11,45 @@ from torch import nn
 
 
 POPULATION_INDEX = -1  # row of the user table (as returned by `UserWeights.forward`) holding the population weights
+# "1": `check_user_index` checks an accelerator's indices synchronously, with an `IndexError` naming the bad ones, at
+# the cost of one host-device synchronisation per forward.
+DEBUG_USER_INDEX_ENV = "TRL_RFM_DEBUG_USER_INDEX"
+
+
+def check_user_index(user_index: torch.Tensor, num_users: int) -> torch.Tensor:
+    """
+    `user_index` (rows of the user table, `-1` for the population) as a long tensor. Any other negative index, or one
+    past the users, would silently read another user's row, so the range is checked on every forward, without making
+    the host wait for the device:
+
+    - on the CPU: an `IndexError` naming the bad values;
+    - on a CUDA device: `torch._assert_async`, queued with the forward; a bad index fails the next synchronisation as a
+      device-side assert (which ends the process's CUDA context). With `TRL_RFM_DEBUG_USER_INDEX=1`, and on other
+      accelerators only then, the check is synchronous and raises the `IndexError`.
+
+    The indices trl-rfm makes are in range by construction (`get_user_index`, the trainer's dataset preparation, and
+    through them `PersonalizedReward` and the server); only an index built by hand can reach the model bad.
+    """
+    user_index = torch.as_tensor(user_index)
+    if user_index.is_floating_point() or user_index.is_complex():
+        raise TypeError(f"`user_index` must hold integers, got dtype {user_index.dtype}.")
+    user_index = user_index.long()
+    bad = (user_index < POPULATION_INDEX) | (user_index >= num_users)
+    message = (
+        f"out of range: valid rows are 0..{num_users - 1} for the model's {num_users} users and {POPULATION_INDEX} for "
+        "the population weights."
+    )
+    if user_index.device.type == "cpu":
+        try:  # checked at once, without reading the tensor from Python: no synchronisation to count
+            torch._assert_async(bad.logical_not().all(), "")
+        except RuntimeError:
+            raise IndexError(f"`user_index` {sorted(set(user_index[bad].tolist()))[:5]} {message}") from None
+    elif os.environ.get(DEBUG_USER_INDEX_ENV) == "1":
+        if bad.any():  # one synchronisation per forward, asked for
+            raise IndexError(f"`user_index` {sorted(set(user_index[bad].tolist()))[:5]} {message}")
+    elif user_index.device.type == "cuda":
+        torch._assert_async(bad.logical_not().all(), f"`user_index` {message}")
+    return user_index
 
 
 def normalize_user_id(user_id: Hashable) -> str:
