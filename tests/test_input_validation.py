@@ -96,6 +96,10 @@ def test_incomplete_trainer_checkpoints_are_skipped_or_refused(tmp_path):
         assert latest_complete_checkpoint(str(tmp_path)).endswith("checkpoint-4")
     with pytest.raises(FileNotFoundError, match="checkpoint-6 is incomplete.*Resume from checkpoint-4"):
         check_checkpoint_is_complete(str(tmp_path / "checkpoint-6"))
+    # Killed between opening trainer_state.json and writing it (transformers writes it in place): incomplete too.
+    (tmp_path / "checkpoint-6" / "trainer_state.json").write_text("")
+    with pytest.raises(FileNotFoundError, match="checkpoint-6 is incomplete: it has no whole trainer_state.json"):
+        check_checkpoint_is_complete(str(tmp_path / "checkpoint-6"))
 
 
 # ----------------------------------------------------------------------------------------------- ids and indices

@@ -5,6 +5,7 @@ Checkpoints of [`RFMRewardTrainer`]: [`RFMCheckpointingMixin`] makes transformer
 """
 
 import contextlib
+import json
 import os
 import re
 import warnings
@@ -27,8 +28,14 @@ _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 def is_complete_checkpoint(checkpoint: str) -> bool:
     """A Trainer checkpoint is complete once `trainer_state.json`, the last file the Trainer writes into it (after
-    the model, optimizer, scheduler and RNG states), is there."""
-    return os.path.isfile(os.path.join(checkpoint, TRAINER_STATE_NAME))
+    the model, optimizer, scheduler and RNG states), is there and whole: transformers writes it in place, so a process
+    killed between opening and writing it leaves an empty file."""
+    try:
+        with open(os.path.join(checkpoint, TRAINER_STATE_NAME), encoding="utf-8") as handle:
+            json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def checkpoints_of(output_dir: str) -> list[str]:
@@ -49,8 +56,8 @@ def latest_complete_checkpoint(output_dir: str) -> str | None:
     incomplete = [os.path.basename(c) for c in checkpoints if not is_complete_checkpoint(c)]
     if checkpoints and not complete:
         raise FileNotFoundError(
-            f"No complete checkpoint in {output_dir}: {incomplete} lack {TRAINER_STATE_NAME}, the last file of a "
-            "checkpoint, so their saves were interrupted. Delete them and train from the start."
+            f"No complete checkpoint in {output_dir}: {incomplete} lack a whole {TRAINER_STATE_NAME}, the last file "
+            "of a checkpoint, so their saves were interrupted. Delete them and train from the start."
         )
     if not complete:
         return None
@@ -62,7 +69,7 @@ def latest_complete_checkpoint(output_dir: str) -> str | None:
     if skipped:
         warnings.warn(
             f"Resuming from {os.path.basename(complete[-1])}, the last complete checkpoint of {output_dir}: {skipped} "
-            f"lack {TRAINER_STATE_NAME} (their saves were interrupted) and are skipped; delete them.",
+            f"lack a whole {TRAINER_STATE_NAME} (their saves were interrupted) and are skipped; delete them.",
             stacklevel=3,
         )
     return complete[-1]
@@ -74,8 +81,8 @@ def check_checkpoint_is_complete(checkpoint: str) -> None:
         complete = [os.path.basename(c) for c in checkpoints_of(parent) if is_complete_checkpoint(c)]
         hint = f" Resume from {complete[-1]}, the last complete one," if complete else " Train from the start"
         raise FileNotFoundError(
-            f"Checkpoint {checkpoint} is incomplete: it has no {TRAINER_STATE_NAME}, the last file the Trainer writes, "
-            f"so its save was interrupted.{hint} and delete it."
+            f"Checkpoint {checkpoint} is incomplete: it has no whole {TRAINER_STATE_NAME}, the last file the Trainer "
+            f"writes, so its save was interrupted.{hint} and delete it."
         )
 
 
