@@ -49,6 +49,7 @@ KILLS_PER_CHAIN = 5
 ATOL = 1e-5
 RUN_TIMEOUT_S = 180  # one run of the job (about 5 s alone; a loaded 2-core machine is slower)
 LAUNCH_TIMEOUT_S = 120  # a 2-process launch from the kill to its exit
+COMMIT_MOMENTS = ("os.replace", "os.rename", "renameat2-exchange")  # a save's commit starts with one of these
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +133,12 @@ def _batch(lm_path):
     return AutoTokenizer.from_pretrained(lm_path)(texts, return_tensors="pt", padding=True)
 
 
-def _signature(folder, batch):
+def _signature(folder, batch, where: str = ""):
     """The user ids of a saved model and everyone's rewards `[B, users + 1]` (the population last)."""
-    model = RewardFeatureModel.from_pretrained(folder).eval()
+    try:
+        model = RewardFeatureModel.from_pretrained(folder).eval()
+    except Exception as error:  # noqa: BLE001  (any failure to load is the finding)
+        raise AssertionError(f"{where}: {folder} does not load: {type(error).__name__}: {error}") from error
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     with torch.no_grad():
         rewards = torch.cat([base.rewards_for_users(**batch), model(**batch).logits], dim=-1)
@@ -152,8 +156,8 @@ def _leftovers(root: Path) -> list[str]:
 def _draw_kill_points(rng: random.Random, moments: list[str], count: int) -> list[dict]:
     """`count` moments of the uninterrupted run, at most one per phase (a save's moments after a kill in it differ:
     the rerun's commit finds a folder in another state), covering a training step, two checkpoint saves, the final
-    save and the adapt_users save; in the run's order, so that each is reached by the runs that resume after the
-    previous kill."""
+    save and the adapt_users save; in a save, half the time from its commit on. In the run's order, so that each is
+    reached by the runs that resume after the previous kill."""
     phases = list(dict.fromkeys(moment.split("/")[0] for moment in moments))
     steps = [phase for phase in phases if phase.startswith("step-")]
     checkpoints = [phase for phase in phases if phase.startswith("checkpoint-")]
@@ -161,7 +165,11 @@ def _draw_kill_points(rng: random.Random, moments: list[str], count: int) -> lis
     chosen |= set(rng.sample([phase for phase in phases if phase not in chosen], count - len(chosen)))
     points = []
     for phase in sorted(chosen, key=phases.index):
-        moment = rng.choice([m for m in moments if m.split("/")[0] == phase])
+        candidates = [m for m in moments if m.split("/")[0] == phase]
+        commit = [i for i, m in enumerate(candidates) if m.split("/")[1].startswith(COMMIT_MOMENTS)]
+        if commit and rng.random() < 0.5:  # half the time, from the first rename of the save on: where kills do harm
+            candidates = candidates[commit[0] :]
+        moment = rng.choice(candidates)
         mode = rng.choice(["at", "after"])
         points.append({"moment": moment, "mode": mode, "delay": round(rng.uniform(0.0, 0.02), 4)})
     return points
@@ -190,22 +198,23 @@ def test_sigkill_at_random_moments_then_resume(lora, seed, lm_path, forkserver, 
     points = _draw_kill_points(rng, reference.moments, KILLS_PER_CHAIN)
     root = tmp_path / "killed"
     spec = JobSpec(model_path=lm_path, output_dir=str(root / "run"), lora=lora)
-    log = [f"seed {seed} ({'LoRA' if lora else 'full'}): {len(reference.moments)} moments in an uninterrupted run"]
+
+    def log(line: str) -> None:  # as it happens, so that a failure shows the kills before it
+        with capsys.disabled():
+            print(line, flush=True)
+
+    log(f"\nseed {seed} ({'LoRA' if lora else 'full'}): {len(reference.moments)} moments in an uninterrupted run")
     kills = 0
     for point in points:
         run = Run(forkserver, spec, point)
         assert run.outcome == "killed", f"{_describe(point)} was not reached; the run went through {run.moments[-3:]}"
         kills += 1
+        log(f"  kill {kills}: {_describe(point):<50} (the run had resumed from {run.resumed_from or 'the start'})")
         state = _check_after_kill(Path(spec.output_dir), batch, final, adapted, expected_checkpoints, point)
-        log.append(
-            f"  kill {kills}: {_describe(point):<52} resumed from {run.resumed_from or 'the start'}; the folder "
-            f"holds {state}; left {len(_leftovers(root))} staging folder(s)"
-        )
+        log(f"          the folder holds {state}; {len(_leftovers(root))} staging folder(s) left")
     last = Run(forkserver, spec)
     assert last.outcome == "done"
-    log.append(f"  then a run resumed from {last.resumed_from or 'the start'} and completed")
-    with capsys.disabled():
-        print("\n" + "\n".join(log))
+    log(f"  then a run resumed from {last.resumed_from or 'the start'} and completed")
 
     assert _same(_signature(spec.output_dir, batch), adapted), "the resumed run ended with another model"
     for checkpoint in checkpoints_of(spec.output_dir):
@@ -218,10 +227,10 @@ def _check_after_kill(output: Path, batch, final, adapted, expected_checkpoints,
     where = f"after a kill at {_describe(point)}"
     complete = [c for c in checkpoints_of(str(output)) if is_complete_checkpoint(c)]
     for checkpoint in complete:
-        signature = _signature(checkpoint, batch)
+        signature = _signature(checkpoint, batch, where)
         assert _same(signature, expected_checkpoints[Path(checkpoint).name]), f"{where}: {checkpoint} differs"
     if (output / "config.json").is_file() or (output / "adapter_config.json").is_file():
-        signature = _signature(output, batch)
+        signature = _signature(output, batch, where)
         if _same(signature, final):
             return "the final model"
         assert _same(signature, adapted), f"{where}: the output folder holds a mixture (users {signature[0]})"
