@@ -17,7 +17,7 @@ Modules: `user_weights_file` (the user file), `feature_head` (locating and finge
 `directory` (atomic staging), `save_load` (save and load), `hub` (upload), `model_card`.
 """
 
-from .hub import push_to_hub, uploads_excluding
+from .hub import mark_users_withheld, push_to_hub, uploads_withholding_users
 from .model_card import build_model_card, personalize_model_card
 from .save_load import save_reward_feature_model
 from .user_weights_file import (

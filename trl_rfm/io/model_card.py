@@ -119,15 +119,21 @@ def _rfm_section(model, repo, is_adapter, num_training_users, includes_user_weig
         )
     elif includes_user_weights:
         users = "Their weights and ids are in `user_weights.safetensors` (uploaded on request: personal data)."
-    else:
+    elif num_training_users:
         users = (
-            "Their weights are personal data and are **not** in this repository: the model scores everyone with the "
-            "population weights and adapts to any user from a few of their comparisons (below)."
+            "Their weights are personal data and are **not** in this repository: they were withheld from the upload "
+            "(`config.json` says so: `num_saved_users`, `user_weights_withheld`), so loading asks for "
+            "`user_weights=False`, the population model, which scores everyone with the population weights and adapts "
+            "to any user from a few of their comparisons (below), or for a private copy of the weights "
+            "(`user_weights=<path>`)."
         )
+    else:
+        users = "The model has no user weights: it scores everyone with the population weights."
+    options = ", user_weights=False" if includes_user_weights is False and num_training_users else ""
     load = (
-        f'model = RewardFeatureModel.from_pretrained("{repo}").merge_and_unload()  # LoRA merged into the trunk'
+        f'model = RewardFeatureModel.from_pretrained("{repo}"{options}).merge_and_unload()  # LoRA merged in'
         if is_adapter
-        else f'model = RewardFeatureModel.from_pretrained("{repo}")  # or AutoModelForSequenceClassification'
+        else f'model = RewardFeatureModel.from_pretrained("{repo}"{options})  # or AutoModelForSequenceClassification'
     )
     lines = [
         "## Personalised rewards",

@@ -25,6 +25,9 @@ from safetensors.torch import save_file
 
 
 USER_WEIGHTS_NAME = "user_weights.safetensors"
+# config.json attribute of an upload that left the user file out: the users it records (`num_saved_users`) exist, but
+# their weights were withheld (personal data), so a load must say what to do rather than drop them.
+USERS_WITHHELD_ATTRIBUTE = "user_weights_withheld"
 USER_WEIGHTS_TENSOR = "user_weights"
 FORMAT_VERSION = "1"
 

@@ -8,9 +8,8 @@ import os
 
 from accelerate.utils import is_peft_model
 
-from ..io.hub import uploads_excluding
+from ..io.hub import uploads_withholding_users
 from ..io.model_card import build_model_card, personalize_model_card
-from ..io.user_weights_file import USER_WEIGHTS_NAME
 
 
 class RFMHubMixin:
@@ -70,10 +69,11 @@ class RFMHubMixin:
     ):
         """
         `Trainer.push_to_hub`, except that the users' weights (`user_weights.safetensors`, personal data) are left out
-        of the upload unless `push_user_weights=True`. Without them the repo is a population model that adapts to new
-        users; the local `output_dir` keeps them.
+        of the upload unless `push_user_weights=True`, and the uploaded `config.json` and model card say so: loading
+        the repo then asks for `user_weights=False` (the population model, which adapts to new users) or the weights.
+        The local `output_dir` keeps them.
         """
-        exclusion = contextlib.nullcontext() if push_user_weights else uploads_excluding([f"*{USER_WEIGHTS_NAME}"])
+        exclusion = contextlib.nullcontext() if push_user_weights else uploads_withholding_users()
         self._pushing_user_weights = push_user_weights
         try:
             with exclusion:
@@ -91,5 +91,5 @@ class RFMHubMixin:
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         # Checkpoint uploads (`push_to_hub=True`, `hub_strategy`) never include user weights; publishing them is an
         # explicit `push_to_hub(push_user_weights=True)`.
-        with uploads_excluding([f"*{USER_WEIGHTS_NAME}"]):
+        with uploads_withholding_users():
             super()._push_from_checkpoint(checkpoint_folder)
