@@ -10,6 +10,7 @@ peft resolved there, or raises the error peft raised there. The RFM's trunk has 
 (it is registered under the same `base_model_prefix`), so the same modules and parameters are adapted.
 """
 
+import contextlib
 import copy
 import warnings
 
@@ -84,8 +85,29 @@ def _sequence_classifier(trunk) -> PreTrainedModel | None:
     config.num_labels = 1
     for auto_class in (AutoModelForSequenceClassification, AutoModel):
         try:
-            with init_empty_weights():
+            with _without_zero3_init(), init_empty_weights():
                 return auto_class.from_config(config)
-        except (ValueError, KeyError):
+        except (ValueError, KeyError):  # no such class for this trunk
             continue
+        except (RuntimeError, NotImplementedError, TypeError):  # it cannot be built empty here
+            return None
     return None
+
+
+@contextlib.contextmanager
+def _without_zero3_init():
+    """Under DeepSpeed ZeRO-3, transformers builds every model inside `deepspeed.zero.Init`, which partitions (and so
+    materialises) its parameters; the reference must stay on the meta device. transformers' own flag for "zero.Init
+    already done" turns that off for the block."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        yield
+        return
+    from transformers import modeling_utils
+
+    if getattr(modeling_utils, "_is_ds_init_called", True):  # already inside (or unknown to this transformers)
+        yield
+        return
+    with modeling_utils.set_zero3_state():
+        yield
