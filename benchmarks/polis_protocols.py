@@ -47,8 +47,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
+from trl_rfm.data import default_polis_dir  # noqa: E402
 
-DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "polis")
+
+DEFAULT_DATA_DIR = default_polis_dir()  # $TRL_RFM_POLIS_DIR, else ../shared/data/polis beside the checkout
 # How every split of this benchmark treats the votes besides the training cap: `val` pairs per training participant,
 # held-out participants' votes 70/30 into adaptation pool / test, and the pool's cap (also used by
 # polis_factorization_control.py --split protocols).
@@ -58,7 +60,12 @@ PROTOCOL = re.compile(r"^h(\d+)_e([\d.]+)_b(\d+)_lr([\d.e-]+)$")
 
 @dataclass
 class ProtocolArguments:
-    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Folder of the Polis conversations."})
+    data_dir: str = field(
+        default=DEFAULT_DATA_DIR,
+        metadata={
+            "help": "Folder of the Polis conversations (`trl-rfm data fetch polis` fetches them; docs/datasets.md)."
+        },
+    )
     conversations: str | None = field(default=None, metadata={"help": "Comma-separated conversations (default all)."})
     max_users: int | None = field(default=None, metadata={"help": "Keep this many participants (smoke runs)."})
     protocols: str = field(
