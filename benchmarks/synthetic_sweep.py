@@ -109,7 +109,7 @@ def run_cell(args: SweepArguments, num_raters: int, disagreement: float, seed: i
         cell_args.num_features = d
         model, _ = train_rfm(data.train, tokenizer, cell_args, seed)
         diffs = {n: compute_feature_differences(model, tokenizer, parts[n], 256, show_progress=False) for n in names}
-        population, model_l2 = prior_from_model(model)
+        population, model_l2 = prior_from_model(model)  # the fitted prior: a [d, d] precision
         evaluated = curves(diffs, parts, population, model_l2, args, shots, seed)
         test = parts["heldout_test"]
         phi = compute_response_features(
@@ -118,7 +118,7 @@ def run_cell(args: SweepArguments, num_raters: int, disagreement: float, seed: i
         # Main curve: the library's default prior for new users (`prior_from_model`), as in the Polis benchmark.
         result[f"rfm_d{d}"] = {
             "curve": evaluated["curve"],
-            "l2": model_l2,
+            "l2": prior_from_model(model, isotropic=True)[1],  # its isotropic equivalent, for the record
             "curve_evidence": evaluated["curve_evidence"],
             "evidence_l2": evaluated["evidence_l2"],
             "effective_dimension": effective_dimension(phi),

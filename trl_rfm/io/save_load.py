@@ -326,7 +326,8 @@ def load_peft_reward_feature_model(
         pooling=config.pooling,
         **model_kwargs,
     )
-    model.config.user_prior_precision = getattr(config, "user_prior_precision", None)
+    for stored_prior in ("user_prior_precision", "user_prior_covariance"):  # the new users' prior, fitted in training
+        setattr(model.config, stored_prior, getattr(config, stored_prior, None))
     if loaded is not None:
         model.add_users(loaded.user_ids, loaded.weights)
     peft_config.inference_mode = not is_trainable

@@ -7,8 +7,9 @@ What it changes in TRL's trainer, and why (public methods first, then every priv
   wraps the model as a [`RewardFeatureModel`] with one row per rater (an existing sequence-classification reward
   model, or a `PeftModel` around one, is personalised: `models/from_reward_model.py`); asks PEFT to train and save the
   feature head and the user table (`modules_to_save`), with peft's default targets of the trunk's architecture
-  (`trainer/peft_defaults.py`: peft looks them up by `model_type`, and the RFM's is unknown to it); wraps the data collator so that `user_index` survives collation (TRL's collator
-  drops unknown keys).
+  (`trainer/peft_defaults.py`: resolved by peft on the trunk's own sequence-classification model, built on the meta
+  device, since peft does not know the RFM's `model_type`); wraps the data collator so that `user_index` survives
+  collation (TRL's collator drops unknown keys).
 - `compute_loss`: TRL's Bradley-Terry loss on the users' rewards (margin and `center_rewards_coefficient` included),
   plus the loss of the population weights, the Gaussian prior on the user weights and the optional feature-covariance
   penalty; logs population accuracy next to TRL's (personal) accuracy.
@@ -16,6 +17,8 @@ What it changes in TRL's trainer, and why (public methods first, then every priv
 - `create_optimizer`: the user table gets its own parameter group (its own learning rate, no weight decay: it already
   has its prior), and the feature head its own learning rate when set.
 - `save_model` ([`RFMCheckpointingMixin`]): returns on every rank once the main process has written the model.
+- `train`: `Trainer.train`, then the new users' prior fitted on the final features and stored in the config, and the
+  training users' rows refitted under it (`trainer/user_prior_fit.py`).
 - `__init__` also registers the end of the distributed run at exit (`trainer/process_group.py`): the process groups
   destroyed and freed, and gloo's worker threads stopped, before interpreter shutdown.
 - `create_model_card`, `push_to_hub` ([`RFMHubMixin`], `trainer/hub.py`): the RFM's card; the users' weights
@@ -158,7 +161,7 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
 
         if peft_config is not None:
             peft_config.modules_to_save = sorted(set(peft_config.modules_to_save or []) | set(RFM_MODULES_TO_SAVE))
-            fill_default_targets(peft_config, base_model.config.text_config.model_type)
+            fill_default_targets(peft_config, base_model)
 
         super().__init__(
             model=model,
