@@ -16,6 +16,7 @@ from .adaptation import (
     fit_user_weights,
     group_by_user,
     prior_from_model,
+    response_reuse_weights,
     select_l2,
     select_questions,
     simulate_adaptation,

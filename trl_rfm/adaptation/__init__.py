@@ -3,7 +3,7 @@ question selection, and the glue that adds users to a model."""
 
 from .active import ActiveAdaptationTrace, expected_information_gain, select_questions, simulate_adaptation
 from .adapt_users import adapt_users
-from .empirical_bayes import UserPrior, fit_user_prior
+from .empirical_bayes import UserPrior, fit_user_prior, response_reuse_weights
 from .features import (
     compute_feature_differences,
     compute_response_features,

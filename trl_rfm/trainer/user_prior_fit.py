@@ -11,6 +11,8 @@ responses are featurised.
 """
 
 import contextlib
+import logging
+import time
 
 import torch
 from accelerate.utils import is_deepspeed_available, is_peft_model
@@ -21,6 +23,8 @@ from ..adaptation.features import compute_feature_differences, group_by_user
 from ..adaptation.prior import precision_of_rows
 from .user_index import USER_INDEX
 
+
+logger = logging.getLogger(__name__)
 
 # EM converges linearly; past ~10 iterations from the rows' spread the held-out users' accuracy no longer moves, and
 # each iteration is one batched Newton solve over every training user (0.45 s for 1,644 users x 64 pairs, d = 32).
@@ -91,6 +95,7 @@ def fit_prior_after_training(model, dataset, processing_class, args) -> UserPrio
     base_model.config.user_prior_precision = precision_of_rows(table)
     if not isinstance(dataset, Dataset) or USER_INDEX not in dataset.column_names or rows.shape[0] < 2:
         return None
+    start_time = time.perf_counter()
     user_index = dataset[USER_INDEX]
     selected = sample_pairs_per_user(user_index, args.user_prior_max_pairs_per_user, args.seed)
     pairs = dataset.select(selected).select_columns(["chosen_ids", "rejected_ids", USER_INDEX])
@@ -119,4 +124,8 @@ def fit_prior_after_training(model, dataset, processing_class, args) -> UserPrio
         has_pairs = mask.sum(-1) > 0
         refitted = torch.where(has_pairs[:, None], posterior.mean.float(), rows)
         write_user_rows(base_model, refitted)
+    logger.info(
+        "New users' prior fitted on %d comparisons of %d users in %.1f s (isotropic equivalent precision %.3g).",
+        len(selected), int((mask.sum(-1) > 0).sum()), time.perf_counter() - start_time, prior.isotropic_precision,
+    )  # fmt: skip
     return prior
