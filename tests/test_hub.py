@@ -7,6 +7,7 @@ the Hub.
 
 import json
 import os
+import re
 import shutil
 
 import huggingface_hub.hf_api
@@ -14,6 +15,7 @@ import pytest
 import torch
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForSequenceClassification
 
 from trl_rfm import RewardFeatureModel, RFMConfig, RFMRewardTrainer
 from trl_rfm.io.hub import push_to_hub
@@ -86,8 +88,8 @@ def test_push_leaves_user_weights_out_by_default(hub, model):
     assert {"trl", "reward-model", "personalization", "trl-rfm"} <= set(card.data.tags)
     assert "Training raters: 3" in card.text and "**not** in this repository" in card.text
     assert "alice" not in (commit["folder"] / "README.md").read_text()
-    # What reached the Hub is a population model.
-    pushed = RewardFeatureModel.from_pretrained(commit["folder"])
+    # What reached the Hub is a population model, loaded as such on request (see the withheld-users tests below).
+    pushed = RewardFeatureModel.from_pretrained(commit["folder"], user_weights=False)
     assert pushed.user_ids == []
     torch.testing.assert_close(pushed.get_population_weights(), model.get_population_weights())
 
@@ -118,11 +120,11 @@ def test_lora_push(hub, model):
     (commit,) = hub.commits
     assert commit["files"] == ["README.md", "adapter_config.json", "adapter_model.safetensors", "config.json"]
     assert ModelCard.load(commit["folder"] / "README.md").data.library_name == "peft"
-    pushed = RewardFeatureModel.from_pretrained(commit["folder"])
+    pushed = RewardFeatureModel.from_pretrained(commit["folder"], user_weights=False)
     assert pushed.get_base_model().user_ids == []
 
 
-def _trainer(tmp_path, tokenizer, **overrides):
+def _trainer(tmp_path, tokenizer, peft_config=None, **overrides):
     data = make_synthetic_preferences(num_users=3, num_heldout_users=0, train_pairs_per_user=16, disagreement=1.0)
     args = dict(
         output_dir=str(tmp_path / "run"),
@@ -137,6 +139,7 @@ def _trainer(tmp_path, tokenizer, **overrides):
         train_dataset=data.train,
         eval_dataset=data.train,
         processing_class=tokenizer,
+        peft_config=peft_config,
     )
 
 
@@ -171,3 +174,75 @@ def test_checkpoint_pushes_never_include_user_weights(hub, model, tmp_path, toke
         assert not any(name.endswith(USER_WEIGHTS_NAME) for name in commit["files"]), commit["files"]
     assert any(name.startswith("last-checkpoint/") for commit in hub.commits for name in commit["files"])
     assert USER_WEIGHTS_NAME in os.listdir(tmp_path / "run" / "checkpoint-2")
+
+
+# ------------------------------------------------------------------------ loading what was pushed, by its Hub id
+WITHHELD = re.compile(
+    r"user_weights\.safetensors is missing.*records 3 user\(s\).*withheld from the upload.*`user_weights=False`.*"
+    r"push_user_weights=True",
+    re.DOTALL,
+)
+
+
+def _as_hub_repo(cache_dir, repo_id, commit_folder):
+    """Lays an uploaded folder out as `huggingface_hub`'s cache of the repo (a stand-in for the Hub: with
+    `HF_HUB_OFFLINE=1` the loaders read it, and a file the repo lacks is missing as on the Hub)."""
+    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(commit_folder, repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    return {"cache_dir": str(cache_dir)}
+
+
+def _assert_users_withheld(commit, tmp_path, population_model, num_users=3):
+    """The upload says the users were withheld, and loading it (by Hub id or as a folder) refuses to drop them
+    silently; `user_weights=False` loads the population model."""
+    assert USER_WEIGHTS_NAME not in commit["files"]
+    config = json.loads((commit["folder"] / "config.json").read_text())
+    assert config["num_saved_users"] == num_users and config["user_weights_withheld"] is True
+    card = (commit["folder"] / "README.md").read_text()
+    assert "withheld" in card and "user_weights=False" in card
+    hub = _as_hub_repo(tmp_path / f"hub-{len(list(tmp_path.glob('hub-*')))}", commit["repo_id"], commit["folder"])
+    for source, options in [(commit["repo_id"], hub), (commit["folder"], {})]:
+        with pytest.raises(FileNotFoundError, match=WITHHELD):
+            RewardFeatureModel.from_pretrained(source, **options)
+        with pytest.raises(FileNotFoundError, match=WITHHELD):
+            AutoModelForSequenceClassification.from_pretrained(source, **options)
+    loaded = RewardFeatureModel.from_pretrained(commit["repo_id"], user_weights=False, **hub)
+    base = loaded.get_base_model() if hasattr(loaded, "get_base_model") else loaded
+    assert base.user_ids == []
+    torch.testing.assert_close(base.get_population_weights(), population_model.get_population_weights())
+    return loaded
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_model_push_to_hub_withholds_the_users_and_a_hub_load_says_so(hub, model, tmp_path, lora):
+    pushed = model
+    if lora:
+        pushed = get_peft_model(
+            model, LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["feature_head", "user_weights"])
+        )
+    push_to_hub(pushed, "someone/rfm")
+    _assert_users_withheld(hub.commits[-1], tmp_path, model)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_trainer_push_to_hub_withholds_the_users_and_a_hub_load_says_so(hub, model, tmp_path, tokenizer, lora):
+    peft_config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]) if lora else None
+    trainer = _trainer(tmp_path, tokenizer, peft_config=peft_config)
+    trainer.train()
+    trainer.push_to_hub()
+    base = trainer.model.get_base_model() if lora else trainer.model
+    _assert_users_withheld(hub.commits[-1], tmp_path, base)
+    # The local output folder is not changed: it has the users, and its config.json does not say "withheld".
+    local = RewardFeatureModel.from_pretrained(tmp_path / "run")
+    assert (local.get_base_model() if lora else local).user_ids == base.user_ids
+    assert "user_weights_withheld" not in json.loads((tmp_path / "run" / "config.json").read_text())
+
+    trainer.push_to_hub(push_user_weights=True)
+    commit = hub.commits[-1]
+    assert USER_WEIGHTS_NAME in commit["files"]
+    assert "user_weights_withheld" not in json.loads((commit["folder"] / "config.json").read_text())
+    hub_options = _as_hub_repo(tmp_path / "hub-with-users", commit["repo_id"], commit["folder"])
+    loaded = RewardFeatureModel.from_pretrained(commit["repo_id"], **hub_options)
+    assert (loaded.get_base_model() if lora else loaded).user_ids == base.user_ids

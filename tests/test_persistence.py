@@ -172,9 +172,12 @@ def test_a_hub_id_loads_through_the_same_code_path(tmp_path, model, batch):
     loaded = AutoModelForSequenceClassification.from_pretrained("someone/rfm", cache_dir=tmp_path / "hub").eval()
     assert loaded.user_ids == USERS
     torch.testing.assert_close(_rewards(loaded, batch), _rewards(model, batch), rtol=0, atol=1e-6)
-    # A pushed repo has no user file: the population model, with the private user file loadable beside it.
+    # Without its user file, a repo whose config records users is an error, as a local folder is (`tests/test_hub.py`
+    # covers real uploads); the population model on request, or the private user file loaded beside it.
     os.remove(tmp_path / "hub" / "models--someone--rfm" / "snapshots" / ("0" * 40) / USER_WEIGHTS_NAME)
-    public = RewardFeatureModel.from_pretrained("someone/rfm", cache_dir=tmp_path / "hub")
+    with pytest.raises(FileNotFoundError, match=rf"someone/rfm/{USER_WEIGHTS_NAME} is missing.*user_weights=False"):
+        RewardFeatureModel.from_pretrained("someone/rfm", cache_dir=tmp_path / "hub")
+    public = RewardFeatureModel.from_pretrained("someone/rfm", cache_dir=tmp_path / "hub", user_weights=False)
     assert public.user_ids == []
     private = RewardFeatureModel.from_pretrained(
         "someone/rfm", cache_dir=tmp_path / "hub", user_weights=tmp_path / "rfm" / USER_WEIGHTS_NAME

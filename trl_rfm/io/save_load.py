@@ -24,7 +24,7 @@ from .feature_head import (
     resolve_file,
 )
 from .model_card import build_model_card
-from .user_weights_file import USER_WEIGHTS_NAME, load_user_weights
+from .user_weights_file import USER_WEIGHTS_NAME, USERS_WITHHELD_ATTRIBUTE, load_user_weights
 
 
 logger = logging.get_logger(__name__)
@@ -68,6 +68,11 @@ def saved_users(config) -> int:
         return max(int(getattr(config, SAVED_USERS_ATTRIBUTE, 0) or 0), 0)
     except (TypeError, ValueError):
         return 0
+
+
+def users_withheld(config) -> bool:
+    """Whether a loaded config is that of an upload that left its users' weights out (see `hub`)."""
+    return getattr(config, USERS_WITHHELD_ATTRIBUTE, False) is True
 
 
 def _split_user_table(model, state_dict: dict | None, base_model) -> tuple[dict, torch.Tensor | None]:
@@ -217,11 +222,13 @@ def read_user_weights_for(
     user_weights: "bool | str | os.PathLike | None",
     hub_kwargs: dict | None = None,
     num_saved_users: int = 0,
+    withheld: bool = False,
 ):
     """
     The validated users of a saved model, as chosen by `user_weights` (see `RewardFeatureModel.from_pretrained`):
     `None` the model's `user_weights.safetensors` if it has one, `True` the same but required, a path that file,
-    `False` none. Returns a [`UserWeightsFile`] or `None`.
+    `False` none. Returns a [`UserWeightsFile`] or `None`. A model whose config records saved users (`num_saved_users`)
+    without its user file is an error, in a local folder and on the Hub alike.
     """
     if user_weights is False:
         return None
@@ -235,14 +242,19 @@ def read_user_weights_for(
                 f"{path_or_repo} has no {USER_WEIGHTS_NAME} (required by `user_weights=True`). User weights are not "
                 "pushed to the Hub unless `push_user_weights=True`; pass the path of a local copy as `user_weights=`."
             )
-        if num_saved_users and os.path.isdir(os.fspath(path_or_repo)):
-            # A local model saved with users has lost its user file: scoring them all with the population weights
-            # would be silently wrong. (A Hub repo without the file is the normal public case.)
+        if num_saved_users:
+            # Scoring the model's users with the population weights would be silently wrong: say what is missing and
+            # how to go on, for a local folder and a Hub repo alike.
+            why = (
+                "their weights were withheld from the upload (personal data, `push_user_weights=False`)"
+                if withheld
+                else "the file was deleted or not copied"
+            )
             raise FileNotFoundError(
                 f"{os.path.join(os.fspath(path_or_repo), USER_WEIGHTS_NAME)} is missing, but its config.json records "
-                f"{num_saved_users} user(s) saved with the model (the file was deleted or not copied). Restore it, pass "
-                "`user_weights=<path>` for a copy kept elsewhere, or `user_weights=False` to load the population model "
-                "explicitly."
+                f"{num_saved_users} user(s) saved with the model: {why}. Load the population model with "
+                "`user_weights=False`, or bring the users' weights: push them (`push_to_hub(..., "
+                "push_user_weights=True)`), restore the file, or pass `user_weights=<path>` to a copy."
             )
         return None
     return load_user_weights(file, num_features, expected_fingerprint=head.fingerprint, weights_file=head.file)
@@ -254,7 +266,13 @@ def attach_user_weights(model, path_or_repo, head: FeatureHead, user_weights, hu
     model, or leaves it a population model (`user_weights=False`, or no user file).
     """
     loaded = read_user_weights_for(
-        path_or_repo, head, model.config.num_features, user_weights, hub_kwargs, saved_users(model.config)
+        path_or_repo,
+        head,
+        model.config.num_features,
+        user_weights,
+        hub_kwargs,
+        saved_users(model.config),
+        users_withheld(model.config),
     )
     if model.num_users and (loaded is not None or user_weights is False or not head.has_user_table):
         # Rows that the weights file does not hold were only initialised: drop them.
@@ -311,7 +329,7 @@ def load_peft_reward_feature_model(
             f"{ADAPTER_CONFIG_NAME}); pass it as `backbone=` (a model id, path or instance)."
         )
     loaded = read_user_weights_for(
-        path_or_repo, head, config.num_features, user_weights, hub_kwargs, saved_users(config)
+        path_or_repo, head, config.num_features, user_weights, hub_kwargs, saved_users(config), users_withheld(config)
     )
     if loaded is None and head.has_user_table:  # an adapter saved by PEFT itself, table inside, ids unknown
         raise ValueError(
