@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
+from ..models.configuration_rfm import architecture_options
 from . import user_weights_file
 from .directory import staged_directory
 from .feature_head import (
@@ -336,14 +337,7 @@ def load_peft_reward_feature_model(
             f"{head.file} holds a user table but {path_or_repo} has no {USER_WEIGHTS_NAME} with the users' ids; save "
             "LoRA Reward Feature Models with `trl_rfm.save_reward_feature_model` or `RFMRewardTrainer.save_model`."
         )
-    model = model_class.from_backbone(
-        backbone,
-        num_features=config.num_features,
-        feature_normalization=config.feature_normalization,
-        population_weights=config.population_weights,
-        pooling=config.pooling,
-        **model_kwargs,
-    )
+    model = model_class.from_backbone(backbone, **architecture_options(config), **model_kwargs)
     for stored_prior in ("user_prior_precision", "user_prior_covariance"):  # the new users' prior, fitted in training
         setattr(model.config, stored_prior, getattr(config, stored_prior, None))
     if loaded is not None:

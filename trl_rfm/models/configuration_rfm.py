@@ -11,6 +11,14 @@ from .pooling import POOLINGS
 FEATURE_NORMALIZATIONS = ("layernorm", "rms", "none")
 MIN_NORMALIZED_FEATURES = {"rms": 2, "layernorm": 3}  # fewest features each normalisation leaves more than a sign
 POPULATION_WEIGHTS = ("hierarchical", "learned", "mean")
+# What `RewardFeatureModel.from_backbone` takes besides the trunk: a saved config and the trainer's `RFMConfig` both
+# hold them under these names.
+ARCHITECTURE_OPTIONS = ("num_features", "feature_normalization", "population_weights", "pooling")
+
+
+def architecture_options(source) -> dict:
+    """The options of [`ARCHITECTURE_OPTIONS`] read from `source` (a `RewardFeatureConfig` or an `RFMConfig`)."""
+    return {name: getattr(source, name) for name in ARCHITECTURE_OPTIONS}
 
 
 class RewardFeatureConfig(PreTrainedConfig):

@@ -60,7 +60,7 @@ from trl.trainer.utils import create_model_from_path
 from ..adaptation.features import tokenize_preferences
 from ..adaptation.prior import prior_from_model
 from ..io.feature_head import RFM_MODULES_TO_SAVE
-from ..models.configuration_rfm import RewardFeatureConfig
+from ..models.configuration_rfm import RewardFeatureConfig, architecture_options
 from ..models.feature_geometry import feature_covariance_penalty
 from ..models.from_reward_model import (
     check_num_labels,
@@ -247,13 +247,7 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
                 model, num_features=args.num_features, population_weights=args.population_weights
             )
         elif not isinstance(model, RewardFeatureModel):
-            model = RewardFeatureModel.from_backbone(
-                model,
-                num_features=args.num_features,
-                feature_normalization=args.feature_normalization,
-                population_weights=args.population_weights,
-                pooling=args.pooling,
-            )
+            model = RewardFeatureModel.from_backbone(model, **architecture_options(args))
         new_users = [u for u in user_ids if not model.has_user(u)]
         if new_users:
             std = args.user_weights_init_std
