@@ -77,22 +77,19 @@ class Run:
         self.moments, self.resumed_from, self.outcome = [], None, None
         receiver, sender = context.Pipe(duplex=False)
         stop_at = kill["moment"] if kill and kill["mode"] == "at" else None
-        process = context.Process(target=run_job, args=(spec.to_dict(), sender, stop_at), daemon=True)
+        process = context.Process(target=run_job, args=(spec.to_dict(), sender, stop_at, True), daemon=True)
         process.start()
         sender.close()
         try:
             self._follow(process, receiver, kill)
         finally:
-            if self.outcome != "killed":
-                process.join(60)  # a job that is done exits on its own
-            if process.is_alive():
+            if process.is_alive():  # killed, stopped, or done and waiting to be killed
                 process.kill()
             process.join(30)
             receiver.close()
-        if self.outcome == "killed":
-            assert process.exitcode == -signal.SIGKILL, process.exitcode
-        elif process.exitcode != 0:
+        if self.outcome is None:
             raise AssertionError(f"the job failed (exit code {process.exitcode}) after {self.moments[-3:]}")
+        assert process.exitcode == -signal.SIGKILL, process.exitcode
 
     def _follow(self, process, receiver, kill):
         deadline = time.monotonic() + RUN_TIMEOUT_S

@@ -155,10 +155,12 @@ class KillSwitch:
         trainer.add_callback(StepPhases())
 
 
-def run_job(spec: dict, send=None, stop_at: str | None = None) -> None:
+def run_job(spec: dict, send=None, stop_at: str | None = None, wait_when_done: bool = False) -> None:
     """Trains (or resumes) the job of `spec` (a [`JobSpec`] as a dict), saves the final model, adapts two new users
     and saves the model with them into the same folder. `send`: a `multiprocessing` connection or a callable that
-    receives the moments (see [`KillSwitch`]); `stop_at`: a moment to stop at, until killed."""
+    receives the moments (see [`KillSwitch`]); `stop_at`: a moment to stop at, until killed; `wait_when_done`: once
+    done, wait to be killed too (so that a kill aimed a few milliseconds after the last moments always finds the
+    process, instead of racing its exit)."""
     spec = JobSpec(**spec)
     send = getattr(send, "send", send) or (lambda message: None)
     torch.set_num_threads(1)
@@ -208,6 +210,8 @@ def run_job(spec: dict, send=None, stop_at: str | None = None) -> None:
     save_reward_feature_model(model, spec.output_dir, processing_class=tokenizer)
     switch.set_phase("done")
     send(("done", None))
+    while wait_when_done:
+        time.sleep(60)
 
 
 def _file_reporter(report_dir: str, rank: int):
