@@ -11,7 +11,8 @@ A saved model is an ordinary transformers (full) or PEFT (LoRA) directory plus o
     README.md                    model card
 
 Without the user file the directory is a complete population model (it scores everyone with `w_pop` and adapts new
-users), which is what `push_to_hub` uploads by default.
+users), which is what `push_to_hub` uploads by default, its `config.json` saying that the users were withheld: loading
+it then takes `user_weights=False`, so that users are never dropped without a word.
 
 Modules: `user_weights_file` (the user file), `feature_head` (locating and fingerprinting the head of a saved model),
 `directory` (atomic staging), `save_load` (save and load), `hub` (upload), `model_card`.
