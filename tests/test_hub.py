@@ -246,3 +246,38 @@ def test_trainer_push_to_hub_withholds_the_users_and_a_hub_load_says_so(hub, mod
     hub_options = _as_hub_repo(tmp_path / "hub-with-users", commit["repo_id"], commit["folder"])
     loaded = RewardFeatureModel.from_pretrained(commit["repo_id"], **hub_options)
     assert (loaded.get_base_model() if lora else loaded).user_ids == base.user_ids
+
+
+def test_the_command_line_reads_a_withheld_users_upload_when_asked(hub, model, tmp_path, tokenizer):
+    """`trl-rfm adapt` and the server name the way out (`--population_only`) and take it; `trl-rfm export` of the
+    population needs no users."""
+    from trl_rfm.cli.adapt import main as adapt_main
+    from trl_rfm.cli.export import main as export_main
+    from trl_rfm.serving.arguments import EngineArguments
+    from trl_rfm.serving.engine import RewardEngine
+    from trl_rfm.testing import make_synthetic_preferences
+
+    model.push_to_hub("someone/rfm")
+    folder = hub.commits[-1]["folder"]
+    tokenizer.save_pretrained(folder)
+    data = make_synthetic_preferences(num_users=0, num_heldout_users=1, heldout_pairs_per_user=8)
+    data.heldout.remove_columns("user_id").to_json(tmp_path / "alice.jsonl")
+    command = ["--model_name_or_path", str(folder), "--comparisons_file", str(tmp_path / "alice.jsonl"),
+               "--user_id", "alice", "--output_dir", str(tmp_path / "adapted")]  # fmt: skip
+    with pytest.raises(FileNotFoundError, match=WITHHELD):
+        adapt_main(command)
+    adapt_main([*command, "--population_only"])
+    assert RewardFeatureModel.from_pretrained(tmp_path / "adapted").user_ids == ["alice"]
+
+    export_main(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path / "population-rm")])
+    assert (tmp_path / "population-rm" / "config.json").is_file()
+
+    with pytest.raises(FileNotFoundError, match=WITHHELD):
+        RewardEngine.from_arguments(EngineArguments(model_name_or_path=str(folder), device="cpu"))
+    engine = RewardEngine.from_arguments(
+        EngineArguments(model_name_or_path=str(folder), device="cpu", population_only=True)
+    )
+    try:
+        assert engine.reward.rfm.user_ids == []
+    finally:
+        engine.close()

@@ -56,6 +56,13 @@ class AdaptArguments:
         metadata={"help": "The model's tokenizer (path or Hub id), when the model folder has none."},
     )
     batch_size: int = field(default=64, metadata={"help": "Comparisons per backbone batch."})
+    population_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Load the model without its saved users (`user_weights=False`): for a model whose users' weights "
+            "were withheld from its upload. The output then holds the adapted users only."
+        },
+    )
     max_length: int | None = field(default=None, metadata={"help": "Truncation length of the sequences."})
 
 
@@ -96,7 +103,9 @@ def run_adapt(args: AdaptArguments):
             "computed with the tokenizer the model was trained with: save it into the model folder, or pass "
             "--tokenizer_name_or_path."
         ) from error
-    model = RewardFeatureModel.from_pretrained(args.model_name_or_path)
+    model = RewardFeatureModel.from_pretrained(
+        args.model_name_or_path, user_weights=False if args.population_only else None
+    )
     user_ids, weights = adapt_users(
         model, tokenizer, comparisons, args.user_column, l2=l2, batch_size=args.batch_size, max_length=args.max_length
     )

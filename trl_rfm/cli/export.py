@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModel, AutoTokenizer
 
     (args,) = parse_arguments("export", ExportArguments, argv)
-    model = AutoModel.from_pretrained(args.model_name_or_path)
+    # The population's reward needs no user: a model whose users were withheld from its upload exports it too.
+    model = AutoModel.from_pretrained(args.model_name_or_path, user_weights=None if args.user_id else False)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     path = export_user_reward_model(model, args.user_id, args.output_dir, tokenizer, score_head=args.score_head)
     print(f"Exported the reward of {args.user_id or 'the population'} to {path}")

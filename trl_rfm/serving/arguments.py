@@ -32,6 +32,13 @@ class EngineArguments:
             "model folder's user_weights.safetensors."
         },
     )
+    population_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Load the model without its saved users: for a model whose users' weights were withheld from its "
+            "upload (users then come from --user_weights_file, or are added by adaptation)."
+        },
+    )
     unknown_users: Literal["population", "error"] = field(
         default="population",
         metadata={"help": "A user the model does not know: scored with the population weights, or refused (4xx)."},
@@ -71,6 +78,10 @@ class EngineArguments:
                     if not raw.isdigit():
                         raise ValueError(f"{ENVIRONMENT_PREFIX}{item.name.upper()}={raw!r} is not a whole number.")
                     values[item.name] = int(raw)
+                elif item.name == "population_only":
+                    if raw.lower() not in ("0", "1", "true", "false"):
+                        raise ValueError(f"{ENVIRONMENT_PREFIX}POPULATION_ONLY={raw!r} is not 0, 1, true or false.")
+                    values[item.name] = raw.lower() in ("1", "true")
         if "model_name_or_path" not in values and os.environ.get(ENVIRONMENT_PREFIX + "MODEL"):
             values["model_name_or_path"] = os.environ[ENVIRONMENT_PREFIX + "MODEL"]
         values.update({key: value for key, value in overrides.items() if value is not None})

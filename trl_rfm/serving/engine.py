@@ -114,6 +114,8 @@ class RewardEngine:
         options = {} if args.dtype == "auto" else {"dtype": getattr(torch, args.dtype)}
         # An explicit user file not written yet: start from the model's own users; the first addition writes it.
         users = user_file if user_file is not None and os.path.isfile(user_file) else None
+        if users is None and args.population_only:
+            users = False  # asked for: the users' weights were withheld from the model's upload
         model = AutoModel.from_pretrained(path, user_weights=users, **options)
         if is_peft_model(model):
             model = model.merge_and_unload()
