@@ -23,7 +23,10 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 PINNED = ("trl", "accelerate", "datasets")  # installed at their floors; the rest comes from this environment
-VERSIONS = "import accelerate, datasets, transformers, trl; print(trl.__version__, accelerate.__version__, datasets.__version__, transformers.__version__)"
+VERSIONS = (
+    "import accelerate, datasets, transformers, trl; "
+    "print(trl.__version__, accelerate.__version__, datasets.__version__, transformers.__version__)"
+)
 
 
 def declared_floors() -> dict[str, str]:
