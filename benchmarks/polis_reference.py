@@ -113,7 +113,7 @@ class ReferenceArguments:
         default=5,
         metadata={
             "help": "Folds of training participants for choosing the new participants' prior (5: each fold's model "
-            "trains on 80% of them, as the final model trains on 80% of all participants)."
+            "trains on 80%% of them, as the final model trains on 80%% of all participants)."
         },
     )
     adaptation_precisions: str = field(
