@@ -69,6 +69,7 @@ from trl_rfm import (  # noqa: E402
     tokenize_preferences,
 )
 from trl_rfm.adaptation.features import compute_response_features  # noqa: E402
+from trl_rfm.adaptation.prior import isotropic_equivalent  # noqa: E402
 from trl_rfm.data import (  # noqa: E402
     POLIS_ATTRIBUTION,
     add_statement_ids,
@@ -237,10 +238,10 @@ def precision_diagnostics(model, tokenizer, parts, diffs, adapt, test, populatio
     val_x, val_mask, val_users = group_by_user(diffs["val"], parts["val"]["user_id"])
     train_x, train_mask = grouped(train_diffs, parts["train"]["user_id"], val_users)
     refit = {}
-    for l2 in [*_precisions(args), model_l2]:
+    for key, l2 in [*((l2, l2) for l2 in _precisions(args)), ("model", model_l2)]:
         weights = fit_user_weights(train_x, train_mask, population, l2)
         margins = torch.einsum("upd,ud->up", val_x, weights)
-        refit[l2] = pairwise_accuracy(margins, val_mask, "pooled")
+        refit[key] = pairwise_accuracy(margins, val_mask, "pooled")
     return {"curve_by_l2": curves, "seen_users_refit_accuracy_by_l2": refit}
 
 
@@ -286,7 +287,7 @@ def run_seed(args: PolisArguments, seed: int) -> dict:
             # The library's default prior for new users (`prior_from_model`: centred on the population weights, with
             # the spread of the training users' rows), as `trl_rfm.adapt_users` uses it.
             "curve": adaptation_curve(*adapt, *test, population, model_l2, shots, args.num_draws, seed),
-            "l2": model_l2,
+            "l2": isotropic_equivalent(model_l2),  # the fitted prior's isotropic equivalent, for the record
             # The prior precision chosen instead by the evidence of the training users' `val` pairs (`select_l2`).
             "curve_evidence": curve,
             "evidence_l2": l2,

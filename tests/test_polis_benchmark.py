@@ -135,5 +135,5 @@ def test_precision_grid_diagnostics(tmp_path):
         for curve in curves.values():
             assert curve[0] == pytest.approx(result[method]["curve"][0])
     refit = result["rfm"]["seen_users_refit_accuracy_by_l2"]
-    assert set(refit) == {3.0, 30.0, result["rfm"]["l2"]}
+    assert set(refit) == {3.0, 30.0, "model"}  # "model": the prior `prior_from_model` returns
     assert all(0.0 <= accuracy <= 1.0 for accuracy in refit.values())

@@ -152,6 +152,14 @@ def prior_from_model(
     return population, precision_of_rows(table)
 
 
+def isotropic_equivalent(precision: float | torch.Tensor) -> float:
+    """The number `l2` whose isotropic prior `I / l2` has the total variance of the prior with precision `precision`
+    (a number, returned as it is, or a `[d, d]` matrix: `d / tr(precision^-1)`); for reports and JSON."""
+    if not isinstance(precision, torch.Tensor) or precision.ndim == 0:
+        return float(precision)
+    return precision.shape[-1] / torch.linalg.inv(precision.double()).diagonal().sum().item()
+
+
 def precision_of_rows(table: torch.Tensor) -> float:
     """`1 / s^2`, `s^2` the mean squared deviation per coordinate of the user rows of `table` `[U + 1, d]` from its
     last row (the population); 1 with fewer than two users."""

@@ -30,7 +30,7 @@ from transformers import PreTrainedTokenizerBase
 from trl import RewardConfig, RewardTrainer
 
 from ..adaptation.features import compute_feature_differences, compute_score_head_input_differences, group_by_user
-from ..adaptation.prior import prior_from_model, select_l2
+from ..adaptation.prior import isotropic_equivalent, prior_from_model, select_l2
 from ..models.from_reward_model import score_head
 from ..models.user_table import normalize_user_id
 from ..trainer.rfm_config import RFMConfig
@@ -197,7 +197,7 @@ def evaluate_adaptation(
         return pool, test
 
     def adapted_accuracy(method, pool, test, prior_mean, l2):
-        l2_used[method] = l2
+        l2_used[method] = isotropic_equivalent(l2)  # a number for the report, whatever the prior's shape
         per_draw = accuracy_vs_k(*pool, *test, prior_mean, l2, draws=draws)
         accuracy[method] = {str(k): summarize_draws(v) for k, v in per_draw.items()}
 
