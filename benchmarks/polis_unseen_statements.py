@@ -66,6 +66,7 @@ from transformers import HfArgumentParser  # noqa: E402
 
 from trl_rfm import fit_user_weights, prior_from_model, select_l2  # noqa: E402
 from trl_rfm.adaptation.features import group_by_user, tokenize_sequence  # noqa: E402
+from trl_rfm.adaptation.prior import isotropic_equivalent  # noqa: E402
 from trl_rfm.data import (  # noqa: E402
     POLIS_ATTRIBUTION,
     default_polis_dir,
@@ -496,7 +497,7 @@ def evaluate(features_by_method, parts, index, args, seed) -> dict:
         differences(rm_features, parts["val"], index), parts["val"]["user_id"], val_users
     )
     linear_l2 = select_l2(val_x, val_mask, rm_head).l2
-    out = {"users": len(users), "linear_l2": linear_l2, "rfm_l2": rfm_l2}
+    out = {"users": len(users), "linear_l2": linear_l2, "rfm_l2": isotropic_equivalent(rfm_l2)}  # a number for JSON
     for method, feats, prior, l2 in [
         ("linear", rm_features, rm_head, linear_l2),
         ("rfm", rfm_features, population, rfm_l2),
