@@ -96,16 +96,33 @@ def _commit(staging: str, destination: str) -> None:
     if not os.path.exists(destination) or (os.path.isdir(destination) and not os.listdir(destination)):
         os.replace(staging, destination)  # one atomic rename
         return
-    # Saving into a folder that holds other things (a trainer's checkpoints) or a model: carry over what the new save
-    # does not supersede, then swap the two folders. Moving the files in one by one instead would leave a window in
-    # which one of a LoRA model's two markers (`adapter_config.json`, `config.json`) is there and the other not: a
-    # folder that looks like a model and does not load (a SIGKILL at that moment found it).
+    if not holds_model(destination):
+        _move_in(staging, destination)
+        return
+    # Saving over a model: carry over what the new save does not supersede, then swap the two folders.
     new_names = set(os.listdir(staging))
     for name in os.listdir(destination):
         if name in new_names or name == STAGING_MARKER or _is_model_file(name):  # stale model files would shadow
             continue
         _link_tree(os.path.join(destination, name), os.path.join(staging, name))
     _swap(staging, destination)
+
+
+def _move_in(staging: str, destination: str) -> None:
+    """Moves the staged files into a destination that holds no model yet, `config.json` (what makes the folder a
+    loadable model) last; stale weights files are removed first so that none can shadow the new ones."""
+    new_names = set(os.listdir(staging))
+    for name in os.listdir(destination):
+        if name not in new_names and _is_model_file(name):
+            _remove(os.path.join(destination, name))
+    # `config.json` is the commit: a LoRA save's `adapter_config.json` goes in just before it, and a folder with the
+    # adapter but without `config.json` is an unfinished save, not a model. (Swapping folders instead would lose files
+    # other ranks write into a checkpoint folder meanwhile.)
+    for name in sorted(new_names, key=lambda name: (name in MODEL_MARKERS, name == "config.json")):
+        target = os.path.join(destination, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        os.replace(os.path.join(staging, name), target)
 
 
 def _link_tree(source: str, target: str) -> None:
