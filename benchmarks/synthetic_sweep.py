@@ -9,7 +9,7 @@ on `k` of their comparisons (RFM: MAP weights on frozen features; linear adaptiv
 last hidden state of the non-adaptive model, prior centred on its score head). The prior precision is chosen by the
 evidence of the training raters' own held-out pairs. Labels are noise-free (the oracle scores 100%).
 
-    python benchmarks/synthetic_sweep.py                      # writes runs/synthetic/results.json + the figure
+    python benchmarks/synthetic_sweep.py                      # writes runs/synthetic/results.json + sweep_accuracy.png
     python benchmarks/synthetic_sweep.py --raters 20 --disagreements 1.0 --seeds 0    # one cell
 
 Trains with `trl_rfm.testing.from_scratch` and evaluates with `trl_rfm.evaluation`, like the Polis benchmark.
@@ -73,7 +73,10 @@ class SweepArguments(ModelArguments):
     shots: str = field(default="0,10,30", metadata={"help": "Comma-separated k."})
     num_draws: int = field(default=3, metadata={"help": "Random draws of the k adaptation pairs."})
     output_dir: str = field(default="runs/synthetic", metadata={"help": "Where results.json is written."})
-    figure: str | None = field(default="docs/figures/sweep_accuracy.png", metadata={"help": "Plot path."})
+    figure: str | None = field(
+        default=None,
+        metadata={"help": "Plot path; default `<output_dir>/sweep_accuracy.png` (docs/results.md's figure: pass it)."},
+    )
 
 
 def run_cell(args: SweepArguments, num_raters: int, disagreement: float, seed: int) -> dict:
@@ -187,8 +190,7 @@ def main(args: SweepArguments) -> list[dict]:
         json.dump(
             {"arguments": asdict(args), "results": results, "seconds": time.time() - start}, f, indent=1, default=float
         )
-    if args.figure:
-        plot(results, args, args.figure)
+    plot(results, args, args.figure or os.path.join(args.output_dir, "sweep_accuracy.png"))
     return results
 
 
