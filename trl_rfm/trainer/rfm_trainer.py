@@ -202,6 +202,7 @@ class RFMRewardTrainer(RFMCheckpointingMixin, RFMHubMixin, RewardTrainer):
         base_model = model.get_base_model() if is_peft_model(model) else model
         if not isinstance(base_model, RewardFeatureModel) or base_model.num_users < 2:
             return
+        base_model.config.user_prior_covariance = None  # a prior stored by an earlier training run is stale now
         if self.args.user_prior == "empirical_bayes":
             fit_prior_after_training(model, self.train_dataset, self.processing_class, self.args)
         else:
