@@ -117,8 +117,9 @@ def _pair_differences(
     if len(tokenized) != len(dataset):
         raise ValueError("Some pairs were dropped by `max_length`; raise it so that every pair keeps its features.")
     index_of: dict[tuple[int, ...], int] = {}  # distinct sequence -> its row of `features`
+    columns = tokenized.select_columns(["chosen_ids", "rejected_ids"])[:]  # one read: per-row reads cost a query each
     chosen, rejected = (
-        torch.tensor([index_of.setdefault(tuple(ids), len(index_of)) for ids in tokenized[column]], dtype=torch.long)
+        torch.tensor([index_of.setdefault(tuple(ids), len(index_of)) for ids in columns[column]], dtype=torch.long)
         for column in ("chosen_ids", "rejected_ids")
     )
     if not index_of:

@@ -100,15 +100,17 @@ def fit_prior_after_training(model, dataset, processing_class, args) -> UserPrio
     if not isinstance(dataset, Dataset) or USER_INDEX not in dataset.column_names or rows.shape[0] < 2:
         return None
     start_time = time.perf_counter()
-    user_index = dataset[USER_INDEX]
+    # Whole columns as lists in one read each: `datasets` columns read element by element cost a query per row.
+    user_index = dataset.select_columns([USER_INDEX])[:][USER_INDEX]
     selected = sample_pairs_per_user(user_index, args.user_prior_max_pairs_per_user, args.seed)
     pairs = dataset.select(selected).select_columns(["chosen_ids", "rejected_ids", USER_INDEX])
     differences = compute_feature_differences(
         model, processing_class, pairs, batch_size=args.per_device_eval_batch_size, show_progress=False
     )
-    users = pairs[USER_INDEX]
-    chosen = [tuple(ids) for ids in pairs["chosen_ids"]]
-    rejected = [tuple(ids) for ids in pairs["rejected_ids"]]
+    columns = pairs[:]
+    users = columns[USER_INDEX]
+    chosen = [tuple(ids) for ids in columns["chosen_ids"]]
+    rejected = [tuple(ids) for ids in columns["rejected_ids"]]
     weights = response_reuse_weights(users, chosen, rejected).float()
     x, _, _ = group_by_user(differences, users, range(rows.shape[0]))
     mask, _, _ = group_by_user(weights[:, None], users, range(rows.shape[0]))
