@@ -17,15 +17,11 @@ made before, with the trunk under `backbone.`, are renamed on load.
 
 import os
 from collections.abc import Hashable, Iterable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.core_model_loading import WeightRenaming
-from transformers.models.auto.modeling_auto import MODEL_MAPPING
-from transformers.utils import ModelOutput
 
 from ..io import hub, save_load
 from ..io.feature_head import (
@@ -34,30 +30,12 @@ from ..io.feature_head import (
     hub_kwargs_of,
     legacy_trunk_key_mapping,
     locate_feature_head,
-    rename_legacy_trunk_keys,
 )
 from .configuration_rfm import RewardFeatureConfig
+from .outputs import RewardFeatureModelOutput
 from .pooling import last_token_index, pool_hidden_states, resolve_pooling  # noqa: F401  (last_token_index: re-export)
+from .trunk import config_kwargs, is_legacy_renaming, rename_legacy_trunk_keys_hook, trunk_class
 from .user_table import POPULATION_INDEX, UserVocabularyMixin, UserWeights, check_user_index
-
-
-@dataclass
-class RewardFeatureModelOutput(ModelOutput):
-    """
-    Args:
-        loss (`torch.Tensor`, *optional*): not computed by the model; the trainer computes the Bradley-Terry loss.
-        logits (`torch.Tensor` of shape `(batch_size, 1)`): reward of each row's user (population when unknown).
-        population_logits (`torch.Tensor` of shape `(batch_size, 1)`): reward under the population weights.
-        reward_features (`torch.Tensor` of shape `(batch_size, num_features)`): the features `phi(x, y)`.
-        user_weights_penalty (`torch.Tensor`, scalar): mean over users of `||w_u - w_pop||^2` (the Gaussian prior
-            on the user weights, up to its coefficient).
-    """
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    population_logits: torch.Tensor | None = None
-    reward_features: torch.Tensor | None = None
-    user_weights_penalty: torch.Tensor | None = None
 
 
 class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
@@ -99,7 +77,7 @@ class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
         self.add_module(self.base_model_prefix, trunk)
         # Older saves and checkpoints hold the trunk under `backbone.`: `load_state_dict` (Trainer checkpoints, PEFT
         # adapters) renames their keys here; `from_pretrained` through transformers' `key_mapping`.
-        self.register_load_state_dict_pre_hook(_rename_legacy_trunk_keys)
+        self.register_load_state_dict_pre_hook(rename_legacy_trunk_keys_hook)
         self.feature_head = nn.Linear(config.text_config.hidden_size, config.num_features, bias=False)
         self.user_weights = UserWeights(config.num_users, config.num_features, config.population_weights)
         self._user_ids: list[str] = [f"user_{i}" for i in range(config.num_users)]
@@ -131,7 +109,7 @@ class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
                 stored resolved in the config; see [`RewardFeatureConfig`].
         """
         if isinstance(backbone, str):
-            config = AutoConfig.from_pretrained(backbone, **_config_kwargs(model_init_kwargs))
+            config = AutoConfig.from_pretrained(backbone, **config_kwargs(model_init_kwargs))
             if config.model_type == RewardFeatureConfig.model_type:
                 raise ValueError(
                     f"{backbone!r} is already a Reward Feature Model; load it with "
@@ -388,18 +366,9 @@ class RewardFeatureModel(UserVocabularyMixin, PreTrainedModel):
         # transformers keeps the load-time renamings to write the original names back on save: not the legacy one.
         conversions = getattr(model, "_weight_conversions", None)
         if legacy and conversions:
-            model._weight_conversions = [c for c in conversions if not _is_legacy_renaming(c, legacy)]
+            model._weight_conversions = [c for c in conversions if not is_legacy_renaming(c, legacy)]
         save_load.attach_user_weights(model, pretrained_model_name_or_path, head, user_weights, hub_kwargs)
         return loaded
-
-
-def trunk_class(text_config: PreTrainedConfig) -> type | None:
-    """The class `AutoModel.from_config(text_config)` builds, without building it (`None` for remote-code trunks)."""
-    try:
-        found = MODEL_MAPPING[type(text_config)]
-    except KeyError:
-        return None
-    return found[0] if isinstance(found, (list, tuple)) else found
 
 
 def trunk_prefix(trunk_type: type | None) -> str:
@@ -409,19 +378,6 @@ def trunk_prefix(trunk_type: type | None) -> str:
     if not prefix.isidentifier() or hasattr(RewardFeatureModel, prefix) or prefix in ("feature_head", "user_weights"):
         return "model"  # `hasattr` also covers `backbone`, the read-only property
     return prefix
-
-
-def _rename_legacy_trunk_keys(module, state_dict, prefix, *args) -> None:
-    rename_legacy_trunk_keys(state_dict, module.base_model_prefix, root=prefix)
-
-
-def _is_legacy_renaming(conversion, legacy: dict[str, str]) -> bool:
-    sources = getattr(conversion, "source_patterns", None)
-    return isinstance(conversion, WeightRenaming) and list(sources or []) == list(legacy)
-
-
-def _config_kwargs(model_init_kwargs: dict) -> dict:
-    return {k: model_init_kwargs[k] for k in ("revision", "trust_remote_code", "token") if k in model_init_kwargs}
 
 
 AutoConfig.register(RewardFeatureConfig.model_type, RewardFeatureConfig)
