@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .empirical_bayes import UserPrior
 from .solver import fit_user_posterior, fit_user_weights, validate_inputs
 
 
@@ -144,8 +145,8 @@ def prior_from_model(
     if use_stored:
         covariance = getattr(model.config, "user_prior_covariance", None)
         if covariance is not None and not isotropic:
-            covariance = torch.tensor(covariance, dtype=torch.float64)
-            return population, torch.cholesky_inverse(torch.linalg.cholesky(covariance)).float()
+            stored_prior = UserPrior(mean=population, covariance=torch.tensor(covariance, dtype=torch.float64))
+            return population, stored_prior.precision.float()
         stored = getattr(model.config, "user_prior_precision", None)
         if stored is not None:
             return population, float(stored)

@@ -115,12 +115,12 @@ def fit_prior_after_training(model, dataset, processing_class, args) -> UserPrio
     x, _, _ = group_by_user(differences, users, range(rows.shape[0]))
     mask, _, _ = group_by_user(weights[:, None], users, range(rows.shape[0]))
     mask = mask[..., 0]
-    if (mask.sum(-1) > 0).sum() < 2:
+    has_pairs = mask.sum(-1) > 0
+    candidates = has_pairs.nonzero()[:, 0]
+    if len(candidates) < 2:
         return None
     deviations = rows - population
     start = shrink_covariance(deviations.T.double() @ deviations.double() / rows.shape[0], args.user_prior_shrinkage)
-    has_pairs = mask.sum(-1) > 0
-    candidates = has_pairs.nonzero()[:, 0]
     generator = torch.Generator().manual_seed(args.seed)
     readers = candidates[torch.randperm(len(candidates), generator=generator)[:EM_MAX_USERS]].sort().values
     prior, _ = fit_user_prior(
